@@ -62,5 +62,9 @@ extern crate alloc;
 extern crate std;
 
 pub mod frame;
+#[cfg(feature = "alloc")]
+pub mod encoding;
+#[cfg(feature = "alloc")]
+pub mod message;
 pub mod time;
 

@@ -1,0 +1,792 @@
+//! Encoding and decoding message payloads, and whole frames, in each negotiated encoding.
+//!
+//! * JSON: compact; proxy-to-agent events get the reference's byte layout (keys sorted at
+//!   every level, a top-level `correlation_id`, body bytes as base64 text).
+//! * MessagePack: structs as maps keyed by field name, in declaration order (the reference's
+//!   `to_vec_named`). Body bytes are base64 text unless the agent said it decodes raw bytes
+//!   (agentwire agents do), in which case they are MessagePack `bin`.
+//! * postcard: agentwire-to-agentwire only; body bytes raw.
+//!
+//! Decoding a body chunk or WebSocket frame whose bytes travel raw returns a zero-copy slice
+//! of the frame payload.
+
+use crate::frame::{FrameEncodeError, FrameError, MessageType, encode_frame_with};
+use crate::message::*;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{BufMut, Bytes, BytesMut};
+use core::fmt;
+use serde::de::{DeserializeOwned, Visitor};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// How events are written on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireFormat {
+    /// The negotiated encoding.
+    pub encoding: Encoding,
+    /// Send body bytes raw on MessagePack (the peer is an agentwire agent).
+    pub raw_body_bytes: bool,
+}
+
+impl WireFormat {
+    /// JSON, as before any negotiation.
+    pub const JSON: WireFormat = WireFormat {
+        encoding: Encoding::Json,
+        raw_body_bytes: false,
+    };
+
+    /// The given encoding, body bytes as the reference expects them.
+    #[must_use]
+    pub const fn new(encoding: Encoding) -> Self {
+        WireFormat {
+            encoding,
+            raw_body_bytes: false,
+        }
+    }
+
+    fn raw_bytes(self) -> bool {
+        match self.encoding {
+            Encoding::Json => false,
+            Encoding::Msgpack => self.raw_body_bytes,
+            Encoding::Postcard => true,
+        }
+    }
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoding is not compiled into this build.
+    Unavailable(Encoding),
+    /// The serializer refused the value (e.g. a map key that is not a string).
+    Serialize {
+        /// The message type.
+        kind: MessageType,
+        /// The serializer's explanation.
+        detail: String,
+    },
+    /// The encoded message does not fit in a frame.
+    Frame(FrameError),
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::Unavailable(e) => write!(f, "encoding {} is not available", e.as_str()),
+            EncodeError::Serialize { kind, detail } => {
+                write!(f, "cannot encode {kind}: {detail}")
+            }
+            EncodeError::Frame(e) => write!(f, "cannot frame message: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Why a payload could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecodeError {
+    /// The frame's message type.
+    pub kind: MessageType,
+    /// The encoding it was read in.
+    pub encoding: Encoding,
+    /// The decoder's explanation.
+    pub detail: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot decode {} as {}: {}",
+            self.kind,
+            self.encoding.as_str(),
+            self.detail
+        )
+    }
+}
+
+impl core::error::Error for DecodeError {}
+
+fn decode_error(kind: MessageType, encoding: Encoding, detail: impl fmt::Display) -> DecodeError {
+    DecodeError {
+        kind,
+        encoding,
+        detail: detail.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic payload codec
+
+/// Appends `value` encoded in `encoding` to `out`.
+pub fn encode_payload<T: Serialize + ?Sized>(
+    kind: MessageType,
+    value: &T,
+    encoding: Encoding,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let ser_err = |detail: String| EncodeError::Serialize { kind, detail };
+    match encoding {
+        Encoding::Json => {
+            #[cfg(feature = "std")]
+            {
+                serde_json::to_writer(out.writer(), value).map_err(|e| ser_err(e.to_string()))
+            }
+            #[cfg(not(feature = "std"))]
+            {
+                let v = serde_json::to_vec(value).map_err(|e| ser_err(e.to_string()))?;
+                out.extend_from_slice(&v);
+                Ok(())
+            }
+        }
+        Encoding::Msgpack => {
+            #[cfg(feature = "msgpack")]
+            {
+                let mut ser = rmp_serde::Serializer::new(out.writer())
+                    .with_struct_map()
+                    .with_human_readable();
+                value
+                    .serialize(&mut ser)
+                    .map_err(|e| ser_err(e.to_string()))
+            }
+            #[cfg(not(feature = "msgpack"))]
+            {
+                let _ = (value, out, ser_err);
+                Err(EncodeError::Unavailable(Encoding::Msgpack))
+            }
+        }
+        Encoding::Postcard => {
+            #[cfg(feature = "postcard")]
+            {
+                let taken = core::mem::take(out);
+                match postcard::to_extend(value, taken) {
+                    Ok(filled) => {
+                        *out = filled;
+                        Ok(())
+                    }
+                    Err(e) => Err(ser_err(e.to_string())),
+                }
+            }
+            #[cfg(not(feature = "postcard"))]
+            {
+                let _ = (value, out, ser_err);
+                Err(EncodeError::Unavailable(Encoding::Postcard))
+            }
+        }
+    }
+}
+
+/// Decodes a payload borrowing from `payload` where the type allows it.
+pub fn decode_payload<'a, T: Deserialize<'a>>(
+    kind: MessageType,
+    payload: &'a [u8],
+    encoding: Encoding,
+) -> Result<T, DecodeError> {
+    match encoding {
+        Encoding::Json => {
+            serde_json::from_slice(payload).map_err(|e| decode_error(kind, encoding, e))
+        }
+        Encoding::Msgpack => {
+            #[cfg(feature = "msgpack")]
+            {
+                let mut de = rmp_serde::Deserializer::from_read_ref(payload).with_human_readable();
+                T::deserialize(&mut de).map_err(|e| decode_error(kind, encoding, e))
+            }
+            #[cfg(not(feature = "msgpack"))]
+            {
+                Err(decode_error(kind, encoding, "encoding not available"))
+            }
+        }
+        Encoding::Postcard => {
+            #[cfg(feature = "postcard")]
+            {
+                postcard::from_bytes(payload).map_err(|e| decode_error(kind, encoding, e))
+            }
+            #[cfg(not(feature = "postcard"))]
+            {
+                Err(decode_error(kind, encoding, "encoding not available"))
+            }
+        }
+    }
+}
+
+/// Appends a complete frame carrying `value` to `out`; `out` is unchanged on error.
+pub fn encode_frame_of<T: Serialize + ?Sized>(
+    kind: MessageType,
+    value: &T,
+    encoding: Encoding,
+    max_frame_len: u32,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    if !encoding.is_available() {
+        return Err(EncodeError::Unavailable(encoding));
+    }
+    encode_frame_with(kind, max_frame_len, out, |o| {
+        encode_payload(kind, value, encoding, o)
+    })
+    .map_err(|e| match e {
+        FrameEncodeError::Payload(e) => e,
+        FrameEncodeError::Frame(e) => EncodeError::Frame(e),
+    })
+}
+
+/// Decodes an owned message of type `T`.
+pub fn decode_message<T: DeserializeOwned>(
+    kind: MessageType,
+    payload: &[u8],
+    encoding: Encoding,
+) -> Result<T, DecodeError> {
+    decode_payload(kind, payload, encoding)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Body bytes
+
+struct BodyData<'a> {
+    bytes: &'a Bytes,
+    raw: bool,
+}
+
+impl Serialize for BodyData<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.raw {
+            s.serialize_bytes(self.bytes)
+        } else {
+            s.serialize_str(&BASE64.encode(self.bytes))
+        }
+    }
+}
+
+/// Body bytes as decoded: borrowed from the payload when they travelled raw.
+enum DataRef<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl DataRef<'_> {
+    fn into_bytes(self, payload: &Bytes) -> Bytes {
+        match self {
+            DataRef::Borrowed(slice) => {
+                let base = payload.as_ptr() as usize;
+                let start = slice.as_ptr() as usize;
+                // Serde hands out slices of the input, which is `payload`; anything else (it
+                // cannot happen with these decoders) is copied rather than trusted.
+                if start >= base && start + slice.len() <= base + payload.len() {
+                    payload.slice_ref(slice)
+                } else {
+                    Bytes::copy_from_slice(slice)
+                }
+            }
+            DataRef::Owned(v) => Bytes::from(v),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for DataRef<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DataVisitor<'a>(core::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for DataVisitor<'a> {
+            type Value = DataRef<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("base64 text or raw bytes")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(DataRef::Borrowed(v))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(DataRef::Owned(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(DataRef::Owned(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                BASE64
+                    .decode(v)
+                    .map(DataRef::Owned)
+                    .map_err(|_| E::custom("body data is not valid base64"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // Some encoders write bytes as an array of integers.
+                let mut v = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(DataRef::Owned(v))
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_any(DataVisitor(core::marker::PhantomData))
+        } else {
+            d.deserialize_bytes(DataVisitor(core::marker::PhantomData))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event views: the exact key order and byte forms of each encoding
+
+struct RequestHeadersWire<'a>(&'a RequestHeaders, WireFormat);
+struct MetadataJson<'a>(&'a RequestMetadata);
+struct BodyChunkWire<'a> {
+    chunk: &'a BodyChunk,
+    response: bool,
+    format: WireFormat,
+}
+struct ResponseHeadersJson<'a>(&'a ResponseHeaders);
+struct RequestCompleteJson<'a>(&'a RequestComplete);
+struct WebSocketFrameWire<'a>(&'a WebSocketFrame, WireFormat);
+struct GuardrailJson<'a>(&'a GuardrailInspect);
+
+impl Serialize for RequestHeadersWire<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (e, format) = (self.0, self.1);
+        if format.encoding != Encoding::Json {
+            return e.serialize(s);
+        }
+        let mut st = s.serialize_struct("RequestHeaders", 5)?;
+        st.serialize_field("correlation_id", &e.metadata.correlation_id)?;
+        st.serialize_field("headers", &e.headers)?;
+        st.serialize_field("metadata", &MetadataJson(&e.metadata))?;
+        st.serialize_field("method", &e.method)?;
+        st.serialize_field("uri", &e.uri)?;
+        st.end()
+    }
+}
+
+impl Serialize for MetadataJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = self.0;
+        let mut st = s.serialize_struct("RequestMetadata", 12)?;
+        st.serialize_field("client_ip", &m.client_ip)?;
+        st.serialize_field("client_port", &m.client_port)?;
+        st.serialize_field("correlation_id", &m.correlation_id)?;
+        st.serialize_field("protocol", &m.protocol)?;
+        st.serialize_field("request_id", &m.request_id)?;
+        st.serialize_field("route_id", &m.route_id)?;
+        st.serialize_field("server_name", &m.server_name)?;
+        st.serialize_field("timestamp", &m.timestamp)?;
+        st.serialize_field("tls_cipher", &m.tls_cipher)?;
+        st.serialize_field("tls_version", &m.tls_version)?;
+        if let Some(tp) = &m.traceparent {
+            st.serialize_field("traceparent", tp)?;
+        }
+        st.serialize_field("upstream_id", &m.upstream_id)?;
+        st.end()
+    }
+}
+
+impl Serialize for BodyChunkWire<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = self.chunk;
+        let counter = if self.response {
+            "bytes_sent"
+        } else {
+            "bytes_received"
+        };
+        let data = BodyData {
+            bytes: &c.data,
+            raw: self.format.raw_bytes(),
+        };
+        match self.format.encoding {
+            Encoding::Json => {
+                let mut st = s.serialize_struct("BodyChunk", 6)?;
+                st.serialize_field(counter, &c.bytes_transferred)?;
+                st.serialize_field("chunk_index", &c.chunk_index)?;
+                st.serialize_field("correlation_id", &c.correlation_id)?;
+                st.serialize_field("data", &data)?;
+                st.serialize_field("is_last", &c.is_last)?;
+                st.serialize_field("total_size", &c.total_size)?;
+                st.end()
+            }
+            Encoding::Msgpack => {
+                let mut st = s.serialize_struct("BodyChunk", 6)?;
+                st.serialize_field("correlation_id", &c.correlation_id)?;
+                st.serialize_field("data", &data)?;
+                st.serialize_field("is_last", &c.is_last)?;
+                st.serialize_field("total_size", &c.total_size)?;
+                st.serialize_field("chunk_index", &c.chunk_index)?;
+                st.serialize_field(counter, &c.bytes_transferred)?;
+                st.end()
+            }
+            Encoding::Postcard => {
+                // Positional: the exact field list of `BodyChunkView`.
+                let (received, sent) = if self.response {
+                    (None, Some(c.bytes_transferred))
+                } else {
+                    (Some(c.bytes_transferred), None)
+                };
+                let mut st = s.serialize_struct("BodyChunk", 7)?;
+                st.serialize_field("correlation_id", &c.correlation_id)?;
+                st.serialize_field("data", &data)?;
+                st.serialize_field("is_last", &c.is_last)?;
+                st.serialize_field("total_size", &c.total_size)?;
+                st.serialize_field("chunk_index", &c.chunk_index)?;
+                st.serialize_field("bytes_received", &received)?;
+                st.serialize_field("bytes_sent", &sent)?;
+                st.end()
+            }
+        }
+    }
+}
+
+impl Serialize for ResponseHeadersJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut st = s.serialize_struct("ResponseHeaders", 3)?;
+        st.serialize_field("correlation_id", &e.correlation_id)?;
+        st.serialize_field("headers", &e.headers)?;
+        st.serialize_field("status", &e.status)?;
+        st.end()
+    }
+}
+
+impl Serialize for RequestCompleteJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut st = s.serialize_struct("RequestComplete", 7)?;
+        st.serialize_field("correlation_id", &e.correlation_id)?;
+        st.serialize_field("duration_ms", &e.duration_ms)?;
+        st.serialize_field("error", &e.error)?;
+        st.serialize_field("request_body_size", &e.request_body_size)?;
+        st.serialize_field("response_body_size", &e.response_body_size)?;
+        st.serialize_field("status", &e.status)?;
+        st.serialize_field("upstream_attempts", &e.upstream_attempts)?;
+        st.end()
+    }
+}
+
+impl Serialize for WebSocketFrameWire<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (e, format) = (self.0, self.1);
+        let data = BodyData {
+            bytes: &e.data,
+            raw: format.raw_bytes(),
+        };
+        let mut st = s.serialize_struct("WebSocketFrame", 8)?;
+        if format.encoding == Encoding::Json {
+            st.serialize_field("client_ip", &e.client_ip)?;
+            st.serialize_field("client_to_server", &e.client_to_server)?;
+            st.serialize_field("correlation_id", &e.correlation_id)?;
+            st.serialize_field("data", &data)?;
+            st.serialize_field("fin", &e.fin)?;
+            st.serialize_field("frame_index", &e.frame_index)?;
+            st.serialize_field("opcode", &e.opcode)?;
+            st.serialize_field("route_id", &e.route_id)?;
+        } else {
+            st.serialize_field("correlation_id", &e.correlation_id)?;
+            st.serialize_field("opcode", &e.opcode)?;
+            st.serialize_field("data", &data)?;
+            st.serialize_field("client_to_server", &e.client_to_server)?;
+            st.serialize_field("frame_index", &e.frame_index)?;
+            st.serialize_field("fin", &e.fin)?;
+            st.serialize_field("route_id", &e.route_id)?;
+            st.serialize_field("client_ip", &e.client_ip)?;
+        }
+        st.end()
+    }
+}
+
+impl Serialize for GuardrailJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = self.0;
+        let mut st = s.serialize_struct("GuardrailInspect", 7)?;
+        st.serialize_field("categories", &e.categories)?;
+        st.serialize_field("content", &e.content)?;
+        st.serialize_field("correlation_id", &e.correlation_id)?;
+        st.serialize_field("inspection_type", &e.inspection_type)?;
+        st.serialize_field("metadata", &e.metadata)?;
+        if let Some(model) = &e.model {
+            st.serialize_field("model", model)?;
+        }
+        if let Some(route) = &e.route_id {
+            st.serialize_field("route_id", route)?;
+        }
+        st.end()
+    }
+}
+
+/// Appends the frame for `event` in `format`; `out` is unchanged on error.
+pub fn encode_event(
+    event: &Event,
+    format: WireFormat,
+    max_frame_len: u32,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let kind = event.message_type();
+    let enc = format.encoding;
+    let json = enc == Encoding::Json;
+    match event {
+        Event::RequestHeaders(e) => {
+            encode_frame_of(kind, &RequestHeadersWire(e, format), enc, max_frame_len, out)
+        }
+        Event::RequestBodyChunk(c) | Event::ResponseBodyChunk(c) => {
+            let wire = BodyChunkWire {
+                chunk: c,
+                response: matches!(event, Event::ResponseBodyChunk(_)),
+                format,
+            };
+            encode_frame_of(kind, &wire, enc, max_frame_len, out)
+        }
+        Event::ResponseHeaders(e) if json => {
+            encode_frame_of(kind, &ResponseHeadersJson(e), enc, max_frame_len, out)
+        }
+        Event::ResponseHeaders(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
+        Event::RequestComplete(e) if json => {
+            encode_frame_of(kind, &RequestCompleteJson(e), enc, max_frame_len, out)
+        }
+        Event::RequestComplete(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
+        Event::WebSocketFrame(e) => {
+            encode_frame_of(kind, &WebSocketFrameWire(e, format), enc, max_frame_len, out)
+        }
+        Event::GuardrailInspect(e) if json => {
+            encode_frame_of(kind, &GuardrailJson(e), enc, max_frame_len, out)
+        }
+        Event::GuardrailInspect(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
+        Event::Configure(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
+    }
+}
+
+#[derive(Deserialize)]
+struct BodyChunkView<'a> {
+    correlation_id: String,
+    #[serde(borrow)]
+    data: DataRef<'a>,
+    is_last: bool,
+    #[serde(default)]
+    total_size: Option<u64>,
+    #[serde(default, deserialize_with = "zero_if_null")]
+    chunk_index: u32,
+    #[serde(default)]
+    bytes_received: Option<u64>,
+    #[serde(default)]
+    bytes_sent: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct WebSocketFrameView<'a> {
+    correlation_id: String,
+    opcode: String,
+    #[serde(borrow)]
+    data: DataRef<'a>,
+    client_to_server: bool,
+    frame_index: u64,
+    fin: bool,
+    #[serde(default)]
+    route_id: Option<String>,
+    client_ip: String,
+}
+
+fn zero_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    if d.is_human_readable() {
+        Ok(Option::<u32>::deserialize(d)?.unwrap_or(0))
+    } else {
+        u32::deserialize(d)
+    }
+}
+
+/// Decodes the event carried by a frame of type `kind`. Body bytes that travelled raw come
+/// back as slices of `payload`, without a copy.
+pub fn decode_event(
+    kind: MessageType,
+    payload: &Bytes,
+    encoding: Encoding,
+) -> Result<Event, DecodeError> {
+    Ok(match kind {
+        MessageType::RequestHeaders => {
+            Event::RequestHeaders(decode_payload(kind, payload, encoding)?)
+        }
+        MessageType::RequestBodyChunk | MessageType::ResponseBodyChunk => {
+            let v: BodyChunkView<'_> = decode_payload(kind, payload, encoding)?;
+            let response = kind == MessageType::ResponseBodyChunk;
+            let counter = if response {
+                v.bytes_sent.or(v.bytes_received)
+            } else {
+                v.bytes_received.or(v.bytes_sent)
+            };
+            let chunk = BodyChunk {
+                correlation_id: v.correlation_id,
+                data: v.data.into_bytes(payload),
+                is_last: v.is_last,
+                total_size: v.total_size,
+                chunk_index: v.chunk_index,
+                bytes_transferred: counter.unwrap_or(0),
+            };
+            if response {
+                Event::ResponseBodyChunk(chunk)
+            } else {
+                Event::RequestBodyChunk(chunk)
+            }
+        }
+        MessageType::ResponseHeaders => {
+            Event::ResponseHeaders(decode_payload(kind, payload, encoding)?)
+        }
+        MessageType::RequestComplete => {
+            Event::RequestComplete(decode_payload(kind, payload, encoding)?)
+        }
+        MessageType::WebSocketFrame => {
+            let v: WebSocketFrameView<'_> = decode_payload(kind, payload, encoding)?;
+            Event::WebSocketFrame(WebSocketFrame {
+                correlation_id: v.correlation_id,
+                opcode: v.opcode,
+                data: v.data.into_bytes(payload),
+                client_to_server: v.client_to_server,
+                frame_index: v.frame_index,
+                fin: v.fin,
+                route_id: v.route_id,
+                client_ip: v.client_ip,
+            })
+        }
+        MessageType::GuardrailInspect => {
+            Event::GuardrailInspect(decode_payload(kind, payload, encoding)?)
+        }
+        MessageType::Configure => Event::Configure(decode_payload(kind, payload, encoding)?),
+        _ => return Err(decode_error(kind, encoding, "not an event")),
+    })
+}
+
+/// Finds the correlation id of an event that could not be decoded, as the reference agent
+/// does (top-level `correlation_id`, else `metadata.correlation_id`), so the agent can still
+/// answer it — with a refusal, never an Allow.
+#[must_use]
+pub fn salvage_correlation_id(payload: &[u8], encoding: Encoding) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        correlation_id: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Salvage {
+        #[serde(default)]
+        correlation_id: Option<String>,
+        #[serde(default)]
+        metadata: Option<Meta>,
+    }
+    if encoding == Encoding::Postcard {
+        // Positional: every event starts with its id except RequestHeaders (metadata first,
+        // whose first field is the id), so a leading string is the id either way.
+        return decode_payload::<(String,)>(MessageType::Cancel, payload, encoding)
+            .ok()
+            .map(|t| t.0)
+            .filter(|s| !s.is_empty());
+    }
+    let s: Salvage = decode_payload(MessageType::Cancel, payload, encoding).ok()?;
+    s.correlation_id
+        .filter(|id| !id.is_empty())
+        .or_else(|| s.metadata.and_then(|m| m.correlation_id))
+        .filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn chunk() -> BodyChunk {
+        BodyChunk {
+            correlation_id: "r1".into(),
+            data: Bytes::from_static(b"pass=\x00\xff\x01secret"),
+            is_last: true,
+            total_size: Some(24),
+            chunk_index: 1,
+            bytes_transferred: 24,
+        }
+    }
+
+    fn round_trip(event: &Event, format: WireFormat) -> (Event, Bytes) {
+        let mut out = BytesMut::new();
+        encode_event(event, format, crate::frame::DEFAULT_MAX_FRAME_LEN, &mut out).unwrap();
+        let payload = out.freeze().slice(crate::frame::HEADER_LEN..);
+        (
+            decode_event(event.message_type(), &payload, format.encoding).unwrap(),
+            payload,
+        )
+    }
+
+    #[test]
+    fn body_chunks_round_trip_in_every_encoding_and_direction() {
+        let mut formats = vec![WireFormat::JSON];
+        if Encoding::Msgpack.is_available() {
+            formats.push(WireFormat::new(Encoding::Msgpack));
+            formats.push(WireFormat {
+                encoding: Encoding::Msgpack,
+                raw_body_bytes: true,
+            });
+        }
+        if Encoding::Postcard.is_available() {
+            formats.push(WireFormat::new(Encoding::Postcard));
+        }
+        for format in formats {
+            for event in [
+                Event::RequestBodyChunk(chunk()),
+                Event::ResponseBodyChunk(chunk()),
+            ] {
+                let (back, _) = round_trip(&event, format);
+                assert_eq!(back, event, "{format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn raw_body_bytes_decode_without_a_copy() {
+        for format in [
+            WireFormat {
+                encoding: Encoding::Msgpack,
+                raw_body_bytes: true,
+            },
+            WireFormat::new(Encoding::Postcard),
+        ] {
+            if !format.encoding.is_available() {
+                continue;
+            }
+            let (back, payload) = round_trip(&Event::RequestBodyChunk(chunk()), format);
+            let Event::RequestBodyChunk(c) = back else {
+                panic!("wrong event")
+            };
+            let range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
+            assert!(
+                range.contains(&(c.data.as_ptr() as usize)),
+                "{format:?}: data was copied"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_base64_is_an_error_not_garbage() {
+        let payload = Bytes::from_static(br#"{"correlation_id":"x","data":"%%%","is_last":true}"#);
+        let err = decode_event(MessageType::RequestBodyChunk, &payload, Encoding::Json)
+            .unwrap_err();
+        assert_eq!(err.kind, MessageType::RequestBodyChunk);
+        assert!(err.detail.contains("base64"), "{err}");
+    }
+
+    #[test]
+    fn salvages_ids_from_broken_events() {
+        assert_eq!(
+            salvage_correlation_id(br#"{"correlation_id":"a","x":1}"#, Encoding::Json),
+            Some("a".into())
+        );
+        assert_eq!(
+            salvage_correlation_id(br#"{"metadata":{"correlation_id":"b"}}"#, Encoding::Json),
+            Some("b".into())
+        );
+        assert_eq!(salvage_correlation_id(b"\xff", Encoding::Json), None);
+    }
+
+    #[test]
+    fn oversize_payload_is_refused_and_leaves_the_buffer_alone() {
+        let mut out = BytesMut::from(&b"prior"[..]);
+        let big = Event::RequestBodyChunk(BodyChunk {
+            data: Bytes::from(vec![7u8; 4096]),
+            ..chunk()
+        });
+        let err = encode_event(&big, WireFormat::JSON, 1024, &mut out).unwrap_err();
+        assert!(matches!(err, EncodeError::Frame(FrameError::FrameTooLarge { .. })));
+        assert_eq!(&out[..], b"prior");
+    }
+}

@@ -1,0 +1,240 @@
+//! HTTP header map: names sorted, multi-valued, one value inline.
+
+use alloc::string::String;
+use core::fmt;
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
+
+/// The values of one header name, in arrival order; one value is stored inline.
+pub type HeaderValues = SmallVec<[String; 1]>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    values: HeaderValues,
+}
+
+/// A multi-valued header map, wire form `{"name": ["value", ...]}`.
+///
+/// Names are kept sorted by byte value, which is exactly the order the reference proxy emits
+/// in JSON (spec §3.1), so encoding needs no sorting step; lookups are binary searches. Names
+/// are compared as given: proxies send lower-case names (as the `http` crate produces them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: SmallVec<[Entry; 8]>,
+}
+
+impl Headers {
+    /// An empty map.
+    #[must_use]
+    pub fn new() -> Self {
+        Headers::default()
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+    }
+
+    /// Adds a value after any existing values of `name`.
+    pub fn append(&mut self, name: impl Into<String> + AsRef<str>, value: impl Into<String>) {
+        match self.position(name.as_ref()) {
+            Ok(i) => self.entries[i].values.push(value.into()),
+            Err(i) => {
+                let mut values = HeaderValues::new();
+                values.push(value.into());
+                self.entries.insert(
+                    i,
+                    Entry {
+                        name: name.into(),
+                        values,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Replaces every value of `name` with `value`.
+    pub fn insert(&mut self, name: impl Into<String> + AsRef<str>, value: impl Into<String>) {
+        match self.position(name.as_ref()) {
+            Ok(i) => {
+                let values = &mut self.entries[i].values;
+                values.clear();
+                values.push(value.into());
+            }
+            Err(_) => self.append(name, value),
+        }
+    }
+
+    /// Removes `name` and returns its values.
+    pub fn remove(&mut self, name: &str) -> Option<HeaderValues> {
+        let i = self.position(name).ok()?;
+        Some(self.entries.remove(i).values)
+    }
+
+    /// The first value of `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.get_all(name).first().map(String::as_str)
+    }
+
+    /// Every value of `name`, empty when absent.
+    #[must_use]
+    pub fn get_all(&self, name: &str) -> &[String] {
+        match self.position(name) {
+            Ok(i) => &self.entries[i].values,
+            Err(_) => &[],
+        }
+    }
+
+    /// Number of distinct names.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no headers.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every `(name, value)` pair, names sorted, values in order; allocation-free.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.entries.iter().flat_map(|e| {
+            e.values
+                .iter()
+                .map(move |v| (e.name.as_str(), v.as_str()))
+        })
+    }
+
+    /// Every name with its values.
+    pub fn names(&self) -> impl Iterator<Item = (&str, &[String])> + '_ {
+        self.entries.iter().map(|e| (e.name.as_str(), &e.values[..]))
+    }
+}
+
+impl<N, V> FromIterator<(N, V)> for Headers
+where
+    N: Into<String> + AsRef<str>,
+    V: Into<String>,
+{
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (n, v) in iter {
+            h.append(n, v);
+        }
+        h
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.entries.len()))?;
+        for e in &self.entries {
+            map.serialize_entry(&e.name, &e.values[..])?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor;
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of header names to arrays of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
+                // The size hint comes from the peer: cap what we reserve on its word.
+                let mut entries: SmallVec<[Entry; 8]> =
+                    SmallVec::with_capacity(access.size_hint().unwrap_or(0).min(64));
+                while let Some(name) = access.next_key::<String>()? {
+                    let values = access.next_value_seed(ValuesSeed)?;
+                    entries.push(Entry { name, values });
+                }
+                // Sort once (n log n, even for a hostile 100 000 names) instead of inserting in
+                // order; a repeated name keeps its last occurrence, as a map decoder would.
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+                let mut deduped: SmallVec<[Entry; 8]> = SmallVec::with_capacity(entries.len());
+                for e in entries {
+                    match deduped.last_mut() {
+                        Some(last) if last.name == e.name => *last = e,
+                        _ => deduped.push(e),
+                    }
+                }
+                Ok(Headers { entries: deduped })
+            }
+        }
+        deserializer.deserialize_map(HeadersVisitor)
+    }
+}
+
+/// Decodes one header's values without trusting the peer's declared count (smallvec's own
+/// serde impl reserves whatever length a MessagePack array header claims).
+struct ValuesSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValuesSeed {
+    type Value = HeaderValues;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<HeaderValues, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValuesSeed {
+    type Value = HeaderValues;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of header values")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<HeaderValues, A::Error> {
+        let mut values = HeaderValues::new();
+        while let Some(v) = seq.next_element::<String>()? {
+            values.push(v);
+        }
+        Ok(values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn keeps_names_sorted_and_values_in_order() {
+        let mut h = Headers::new();
+        h.append("x-b", "1");
+        h.append("accept", "text/html");
+        h.append("x-b", "2");
+        h.insert("host", "example.com");
+        let pairs: Vec<_> = h.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("accept", "text/html"),
+                ("host", "example.com"),
+                ("x-b", "1"),
+                ("x-b", "2")
+            ]
+        );
+        h.insert("x-b", "3");
+        assert_eq!(h.get_all("x-b"), ["3"]);
+        assert_eq!(h.remove("accept").map(|v| v.len()), Some(1));
+        assert_eq!(h.get("accept"), None);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn decoding_sorts_and_keeps_the_last_duplicate() {
+        let h: Headers =
+            serde_json::from_str(r#"{"z":["1"],"a":["2","3"],"z":["4"]}"#).unwrap();
+        assert_eq!(h.iter().collect::<Vec<_>>(), [("a", "2"), ("a", "3"), ("z", "4")]);
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"{"a":["2","3"],"z":["4"]}"#
+        );
+    }
+}
