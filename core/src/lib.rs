@@ -63,6 +63,8 @@ extern crate std;
 
 pub mod frame;
 #[cfg(feature = "alloc")]
+pub mod session;
+#[cfg(feature = "alloc")]
 pub mod encoding;
 #[cfg(feature = "alloc")]
 pub mod message;
