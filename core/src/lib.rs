@@ -69,4 +69,8 @@ pub mod encoding;
 #[cfg(feature = "alloc")]
 pub mod message;
 pub mod time;
+#[cfg(feature = "std")]
+pub mod pool;
+#[cfg(feature = "std")]
+pub mod sync;
 
