@@ -296,7 +296,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataRef<'a> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("base64 text or raw bytes")
             }
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Self::Value, E> {
                 Ok(DataRef::Borrowed(v))
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
@@ -311,7 +314,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataRef<'a> {
                     .map(DataRef::Owned)
                     .map_err(|_| E::custom("body data is not valid base64"))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
                 // Some encoders write bytes as an array of integers.
                 let mut v = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
@@ -333,6 +339,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataRef<'a> {
 
 struct RequestHeadersWire<'a>(&'a RequestHeaders, WireFormat);
 struct MetadataJson<'a>(&'a RequestMetadata);
+struct MetadataMsgpack<'a>(&'a RequestMetadata);
 struct BodyChunkWire<'a> {
     chunk: &'a BodyChunk,
     response: bool,
@@ -341,11 +348,21 @@ struct BodyChunkWire<'a> {
 struct ResponseHeadersJson<'a>(&'a ResponseHeaders);
 struct RequestCompleteJson<'a>(&'a RequestComplete);
 struct WebSocketFrameWire<'a>(&'a WebSocketFrame, WireFormat);
-struct GuardrailJson<'a>(&'a GuardrailInspect);
+struct GuardrailWire<'a>(&'a GuardrailInspect, Encoding);
 
 impl Serialize for RequestHeadersWire<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (e, format) = (self.0, self.1);
+        if format.encoding == Encoding::Msgpack {
+            // Declaration order, but `traceparent` is omitted when absent (spec §5.1 "Omit"):
+            // the derived form writes `nil`, which postcard's positional layout needs.
+            let mut st = s.serialize_struct("RequestHeaders", 4)?;
+            st.serialize_field("metadata", &MetadataMsgpack(&e.metadata))?;
+            st.serialize_field("method", &e.method)?;
+            st.serialize_field("uri", &e.uri)?;
+            st.serialize_field("headers", &e.headers)?;
+            return st.end();
+        }
         if format.encoding != Encoding::Json {
             return e.serialize(s);
         }
@@ -377,6 +394,30 @@ impl Serialize for MetadataJson<'_> {
             st.serialize_field("traceparent", tp)?;
         }
         st.serialize_field("upstream_id", &m.upstream_id)?;
+        st.end()
+    }
+}
+
+impl Serialize for MetadataMsgpack<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let m = self.0;
+        // rmp-serde writes the map header from this count: it must be exact.
+        let len = 11 + usize::from(m.traceparent.is_some());
+        let mut st = s.serialize_struct("RequestMetadata", len)?;
+        st.serialize_field("correlation_id", &m.correlation_id)?;
+        st.serialize_field("request_id", &m.request_id)?;
+        st.serialize_field("client_ip", &m.client_ip)?;
+        st.serialize_field("client_port", &m.client_port)?;
+        st.serialize_field("server_name", &m.server_name)?;
+        st.serialize_field("protocol", &m.protocol)?;
+        st.serialize_field("tls_version", &m.tls_version)?;
+        st.serialize_field("tls_cipher", &m.tls_cipher)?;
+        st.serialize_field("route_id", &m.route_id)?;
+        st.serialize_field("upstream_id", &m.upstream_id)?;
+        st.serialize_field("timestamp", &m.timestamp)?;
+        if let Some(tp) = &m.traceparent {
+            st.serialize_field("traceparent", tp)?;
+        }
         st.end()
     }
 }
@@ -492,9 +533,28 @@ impl Serialize for WebSocketFrameWire<'_> {
     }
 }
 
-impl Serialize for GuardrailJson<'_> {
+impl Serialize for GuardrailWire<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = self.0;
+        if self.1 == Encoding::Msgpack {
+            // rmp-serde writes the map header from this count: it must be exact.
+            let len = 5 + usize::from(e.model.is_some()) + usize::from(e.route_id.is_some());
+            let mut st = s.serialize_struct("GuardrailInspect", len)?;
+            // Declaration order with `model` and `route_id` omitted when absent (spec §5.6
+            // "Omit"; vector `msgpack/guardrail_inspect_then_cancel_all/GuardrailInspect`).
+            st.serialize_field("correlation_id", &e.correlation_id)?;
+            st.serialize_field("inspection_type", &e.inspection_type)?;
+            st.serialize_field("content", &e.content)?;
+            if let Some(model) = &e.model {
+                st.serialize_field("model", model)?;
+            }
+            st.serialize_field("categories", &e.categories)?;
+            if let Some(route) = &e.route_id {
+                st.serialize_field("route_id", route)?;
+            }
+            st.serialize_field("metadata", &e.metadata)?;
+            return st.end();
+        }
         let mut st = s.serialize_struct("GuardrailInspect", 7)?;
         st.serialize_field("categories", &e.categories)?;
         st.serialize_field("content", &e.content)?;
@@ -522,9 +582,13 @@ pub fn encode_event(
     let enc = format.encoding;
     let json = enc == Encoding::Json;
     match event {
-        Event::RequestHeaders(e) => {
-            encode_frame_of(kind, &RequestHeadersWire(e, format), enc, max_frame_len, out)
-        }
+        Event::RequestHeaders(e) => encode_frame_of(
+            kind,
+            &RequestHeadersWire(e, format),
+            enc,
+            max_frame_len,
+            out,
+        ),
         Event::RequestBodyChunk(c) | Event::ResponseBodyChunk(c) => {
             let wire = BodyChunkWire {
                 chunk: c,
@@ -541,13 +605,19 @@ pub fn encode_event(
             encode_frame_of(kind, &RequestCompleteJson(e), enc, max_frame_len, out)
         }
         Event::RequestComplete(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
-        Event::WebSocketFrame(e) => {
-            encode_frame_of(kind, &WebSocketFrameWire(e, format), enc, max_frame_len, out)
+        Event::WebSocketFrame(e) => encode_frame_of(
+            kind,
+            &WebSocketFrameWire(e, format),
+            enc,
+            max_frame_len,
+            out,
+        ),
+        Event::GuardrailInspect(e) if enc == Encoding::Postcard => {
+            encode_frame_of(kind, e, enc, max_frame_len, out)
         }
-        Event::GuardrailInspect(e) if json => {
-            encode_frame_of(kind, &GuardrailJson(e), enc, max_frame_len, out)
+        Event::GuardrailInspect(e) => {
+            encode_frame_of(kind, &GuardrailWire(e, enc), enc, max_frame_len, out)
         }
-        Event::GuardrailInspect(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
         Event::Configure(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
     }
 }
@@ -759,8 +829,8 @@ mod tests {
     #[test]
     fn invalid_base64_is_an_error_not_garbage() {
         let payload = Bytes::from_static(br#"{"correlation_id":"x","data":"%%%","is_last":true}"#);
-        let err = decode_event(MessageType::RequestBodyChunk, &payload, Encoding::Json)
-            .unwrap_err();
+        let err =
+            decode_event(MessageType::RequestBodyChunk, &payload, Encoding::Json).unwrap_err();
         assert_eq!(err.kind, MessageType::RequestBodyChunk);
         assert!(err.detail.contains("base64"), "{err}");
     }
@@ -786,7 +856,10 @@ mod tests {
             ..chunk()
         });
         let err = encode_event(&big, WireFormat::JSON, 1024, &mut out).unwrap_err();
-        assert!(matches!(err, EncodeError::Frame(FrameError::FrameTooLarge { .. })));
+        assert!(matches!(
+            err,
+            EncodeError::Frame(FrameError::FrameTooLarge { .. })
+        ));
         assert_eq!(&out[..], b"prior");
     }
 }

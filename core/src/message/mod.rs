@@ -294,8 +294,8 @@ pub struct RequestMetadata {
     pub upstream_id: Option<String>,
     /// Intended RFC 3339; any string is accepted.
     pub timestamp: String,
-    /// W3C trace context. (Omitted when absent in JSON events; written as `nil` in binary
-    /// encodings, which postcard's positional layout needs and every decoder accepts.)
+    /// W3C trace context. (Omitted when absent in JSON and MessagePack events, spec §5.1;
+    /// written as `None` in postcard, whose positional layout needs every field.)
     #[serde(default)]
     pub traceparent: Option<String>,
 }
@@ -406,13 +406,13 @@ pub struct GuardrailInspect {
     pub inspection_type: InspectionType,
     /// The content.
     pub content: String,
-    /// Model name (omitted when absent in JSON).
+    /// Model name (omitted when absent in JSON and MessagePack, spec §5.6).
     #[serde(default)]
     pub model: Option<String>,
     /// Categories, e.g. `ssn`.
     #[serde(default, deserialize_with = "null_as_default")]
     pub categories: Vec<String>,
-    /// The proxy's route (omitted when absent in JSON).
+    /// The proxy's route (omitted when absent in JSON and MessagePack, spec §5.6).
     #[serde(default)]
     pub route_id: Option<String>,
     /// Free-form metadata.
