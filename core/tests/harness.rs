@@ -141,7 +141,10 @@ fn handshake_negotiates_each_encoding() {
         ),
     ];
     for (offer, expected) in cases {
-        let mut pair = Pair::with_encodings(&offer, &[Encoding::Postcard, Encoding::Msgpack, Encoding::Json]);
+        let mut pair = Pair::with_encodings(
+            &offer,
+            &[Encoding::Postcard, Encoding::Msgpack, Encoding::Json],
+        );
         assert!(pair.proxy.is_ready(), "{offer:?}");
         assert!(pair.agent.is_ready());
         assert!(matches!(
@@ -149,7 +152,10 @@ fn handshake_negotiates_each_encoding() {
             [ProxyEvent::Connected { encoding, protocol_version: 2, .. }] if *encoding == expected
         ));
         assert_eq!(pair.proxy.wire_format().encoding, expected);
-        assert!(pair.proxy.wire_format().raw_body_bytes, "agentwire agents take raw bytes");
+        assert!(
+            pair.proxy.wire_format().raw_body_bytes,
+            "agentwire agents take raw bytes"
+        );
         // A full round trip in that encoding, body bytes included.
         let chunk = Event::RequestBodyChunk(BodyChunk {
             correlation_id: "c".into(),
@@ -172,7 +178,10 @@ fn agent_without_postcard_falls_back_to_the_next_offer() {
         &[Encoding::Json],
     );
     assert_eq!(pair.proxy.wire_format().encoding, Encoding::Json);
-    assert!(matches!(pair.take_proxy_events()[0], ProxyEvent::Connected { .. }));
+    assert!(matches!(
+        pair.take_proxy_events()[0],
+        ProxyEvent::Connected { .. }
+    ));
 }
 
 #[test]
@@ -231,7 +240,9 @@ fn pipelined_requests_are_matched_by_correlation_id_in_any_order() {
 #[test]
 fn second_event_for_an_outstanding_id_is_refused() {
     let mut pair = Pair::with_encodings(&[Encoding::Json], &[Encoding::Json]);
-    pair.proxy.send_event(pair.now, &headers_event("a")).unwrap();
+    pair.proxy
+        .send_event(pair.now, &headers_event("a"))
+        .unwrap();
     assert_eq!(
         pair.proxy.send_event(pair.now, &headers_event("a")),
         Err(SendError::DuplicateCorrelationId)
@@ -360,7 +371,10 @@ fn agent_pauses_the_proxy_at_its_concurrency_and_resumes_at_half() {
         Err(SendError::TooManyInFlight { limit: 4 })
     );
     pair.pump();
-    assert!(pair.proxy.is_paused(), "agent at max_concurrency pauses the proxy");
+    assert!(
+        pair.proxy.is_paused(),
+        "agent at max_concurrency pauses the proxy"
+    );
     for id in ["r0", "r1"] {
         pair.agent.respond(id, AgentResponse::allow()).unwrap();
     }
@@ -377,7 +391,9 @@ fn agent_pauses_the_proxy_at_its_concurrency_and_resumes_at_half() {
 #[test]
 fn explicit_flow_control_signals_are_enforced() {
     let mut pair = Pair::with_encodings(&[Encoding::Json], &[Encoding::Json]);
-    pair.agent.send_flow_control(FlowAction::Pause, pair.now).unwrap();
+    pair.agent
+        .send_flow_control(FlowAction::Pause, pair.now)
+        .unwrap();
     pair.pump();
     assert_eq!(
         pair.proxy.send_event(pair.now, &headers_event("x")),
@@ -387,10 +403,17 @@ fn explicit_flow_control_signals_are_enforced() {
         .send_flow_control(FlowAction::Resume, pair.now)
         .unwrap();
     pair.agent
-        .send_flow_control(FlowAction::UpdateCapacity { buffer_available: 1 }, pair.now)
+        .send_flow_control(
+            FlowAction::UpdateCapacity {
+                buffer_available: 1,
+            },
+            pair.now,
+        )
         .unwrap();
     pair.pump();
-    pair.proxy.send_event(pair.now, &headers_event("x")).unwrap();
+    pair.proxy
+        .send_event(pair.now, &headers_event("x"))
+        .unwrap();
     assert!(matches!(
         pair.proxy.send_event(pair.now, &headers_event("y")),
         Err(SendError::TooManyInFlight { limit: 1 })
@@ -424,9 +447,15 @@ fn connection_loss_fails_every_waiter_exactly_once() {
         })
         .count();
     assert_eq!(failed, 10);
-    assert!(matches!(events.last(), Some(ProxyEvent::Closed(CloseReason::PeerClosed))));
+    assert!(matches!(
+        events.last(),
+        Some(ProxyEvent::Closed(CloseReason::PeerClosed))
+    ));
     assert_eq!(events.len(), 11);
-    assert_eq!(pair.proxy.send_event(pair.now, &headers_event("z")), Err(SendError::Closed));
+    assert_eq!(
+        pair.proxy.send_event(pair.now, &headers_event("z")),
+        Err(SendError::Closed)
+    );
 }
 
 #[test]
@@ -455,7 +484,10 @@ fn configuration_is_delivered_before_the_connection_is_usable() {
         .unwrap();
     pair.pump();
     assert!(pair.proxy.is_ready());
-    assert!(matches!(pair.take_proxy_events().as_slice(), [ProxyEvent::Connected { .. }]));
+    assert!(matches!(
+        pair.take_proxy_events().as_slice(),
+        [ProxyEvent::Connected { .. }]
+    ));
 }
 
 #[test]
@@ -489,11 +521,17 @@ fn handshake_timeout_on_both_sides() {
     let _ = proxy.poll_transmit();
     assert_eq!(proxy.poll_timeout(), Some(Instant::from_millis(5_000)));
     proxy.handle_timeout(Instant::from_millis(5_000));
-    assert!(matches!(proxy.poll_event(), Some(ProxyEvent::Closed(CloseReason::HandshakeTimeout))));
+    assert!(matches!(
+        proxy.poll_event(),
+        Some(ProxyEvent::Closed(CloseReason::HandshakeTimeout))
+    ));
 
     let mut agent = AgentSession::new(AgentConfig::default(), now);
     agent.handle_timeout(Instant::from_millis(10_000));
-    assert!(matches!(agent.poll_event(), Some(AgentEvent::Closed(CloseReason::HandshakeTimeout))));
+    assert!(matches!(
+        agent.poll_event(),
+        Some(AgentEvent::Closed(CloseReason::HandshakeTimeout))
+    ));
 }
 
 #[test]
@@ -528,13 +566,18 @@ fn undecodable_event_is_refused_never_allowed() {
     .unwrap();
     pair.agent.handle_input(pair.now, &raw);
     let out = pair.agent.poll_transmit().expect("a refusal");
-    assert!(pair.agent.is_ready(), "a bad payload does not end the connection");
+    assert!(
+        pair.agent.is_ready(),
+        "a bad payload does not end the connection"
+    );
     assert!(matches!(
         pair.agent.poll_event(),
         Some(AgentEvent::Undecodable { correlation_id: Some(id), .. }) if id == "bad"
     ));
     // Feed the refusal to a proxy waiting on that id.
-    pair.proxy.send_event(pair.now, &headers_event("bad")).unwrap();
+    pair.proxy
+        .send_event(pair.now, &headers_event("bad"))
+        .unwrap();
     let _ = pair.proxy.poll_transmit();
     pair.proxy.handle_input(pair.now, &out);
     match pair.proxy.poll_event() {
@@ -550,11 +593,33 @@ fn undecodable_event_is_refused_never_allowed() {
 fn hostile_frames_close_with_typed_errors() {
     // Oversize length, zero length, unknown type, garbage handshake: each a typed close.
     let cases: Vec<(Vec<u8>, fn(&CloseReason) -> bool)> = vec![
-        (vec![0x01, 0, 0, 1, 0x01], |r| matches!(r, CloseReason::Frame(agentwire_core::frame::FrameError::FrameTooLarge { .. }))),
-        (vec![0, 0, 0, 0, 0x01], |r| matches!(r, CloseReason::Frame(agentwire_core::frame::FrameError::ZeroLength))),
-        (vec![0, 0, 0, 1, 0xf0], |r| matches!(r, CloseReason::Frame(agentwire_core::frame::FrameError::UnknownType(0xf0)))),
-        (vec![0, 0, 0, 3, 0x01, b'{', b'x'], |r| matches!(r, CloseReason::Decode(_))),
-        (vec![0, 0, 0, 3, 0x10, b'{', b'}'], |r| matches!(r, CloseReason::UnexpectedMessage(MessageType::RequestHeaders))),
+        (vec![0x01, 0, 0, 1, 0x01], |r| {
+            matches!(
+                r,
+                CloseReason::Frame(agentwire_core::frame::FrameError::FrameTooLarge { .. })
+            )
+        }),
+        (vec![0, 0, 0, 0, 0x01], |r| {
+            matches!(
+                r,
+                CloseReason::Frame(agentwire_core::frame::FrameError::ZeroLength)
+            )
+        }),
+        (vec![0, 0, 0, 1, 0xf0], |r| {
+            matches!(
+                r,
+                CloseReason::Frame(agentwire_core::frame::FrameError::UnknownType(0xf0))
+            )
+        }),
+        (vec![0, 0, 0, 3, 0x01, b'{', b'x'], |r| {
+            matches!(r, CloseReason::Decode(_))
+        }),
+        (vec![0, 0, 0, 3, 0x10, b'{', b'}'], |r| {
+            matches!(
+                r,
+                CloseReason::UnexpectedMessage(MessageType::RequestHeaders)
+            )
+        }),
     ];
     for (bytes, check) in cases {
         let mut agent = AgentSession::new(AgentConfig::default(), Instant::ZERO);
@@ -568,8 +633,11 @@ fn hostile_frames_close_with_typed_errors() {
     // A proxy fed garbage by its agent fails its waiters at once.
     let mut pair = Pair::with_encodings(&[Encoding::Json], &[Encoding::Json]);
     pair.take_proxy_events();
-    pair.proxy.send_event(pair.now, &headers_event("w")).unwrap();
-    pair.proxy.handle_input(pair.now, &[0xff, 0xff, 0xff, 0xff, 0x20]);
+    pair.proxy
+        .send_event(pair.now, &headers_event("w"))
+        .unwrap();
+    pair.proxy
+        .handle_input(pair.now, &[0xff, 0xff, 0xff, 0xff, 0x20]);
     let events = pair.take_proxy_events();
     let mut events = events;
     while let Some(e) = pair.proxy.poll_event() {
@@ -577,7 +645,13 @@ fn hostile_frames_close_with_typed_errors() {
     }
     assert!(matches!(
         events.as_slice(),
-        [ProxyEvent::Failed { error: RequestError::ConnectionClosed(CloseReason::Frame(_)), .. }, ProxyEvent::Closed(_)]
+        [
+            ProxyEvent::Failed {
+                error: RequestError::ConnectionClosed(CloseReason::Frame(_)),
+                ..
+            },
+            ProxyEvent::Closed(_)
+        ]
     ));
 }
 
@@ -607,7 +681,9 @@ fn agent_disconnects_a_proxy_beyond_its_hard_in_flight_cap() {
 #[test]
 fn reference_style_json_cancel_is_accepted_in_a_msgpack_session() {
     let mut pair = Pair::with_encodings(&[Encoding::Msgpack], &[Encoding::Msgpack]);
-    pair.proxy.send_event(pair.now, &headers_event("m")).unwrap();
+    pair.proxy
+        .send_event(pair.now, &headers_event("m"))
+        .unwrap();
     pair.pump();
     let mut raw = BytesMut::new();
     encode_frame(
@@ -620,4 +696,28 @@ fn reference_style_json_cancel_is_accepted_in_a_msgpack_session() {
     pair.agent.handle_input(pair.now, &raw);
     assert_eq!(pair.agent.in_flight(), 0);
     let _ = WireFormat::JSON;
+}
+
+#[test]
+fn established_sessions_skip_the_handshake() {
+    let format = WireFormat::new(Encoding::Json);
+    let mut proxy = ProxySession::new_established(ProxyConfig::default(), format, capabilities(8));
+    let mut agent = AgentSession::new_established(AgentConfig::default(), format);
+    assert!(proxy.is_ready() && agent.is_ready());
+    assert!(matches!(
+        proxy.poll_event(),
+        Some(ProxyEvent::Connected { .. })
+    ));
+    assert!(proxy.poll_transmit().is_none(), "no handshake is written");
+    assert_eq!(proxy.in_flight_limit(), 8);
+    let now = Instant::ZERO;
+    proxy.send_event(now, &headers_event("rev")).unwrap();
+    agent.handle_input(now, &proxy.poll_transmit().unwrap());
+    assert!(matches!(agent.poll_event(), Some(AgentEvent::Request(_))));
+    agent.respond("rev", AgentResponse::allow()).unwrap();
+    proxy.handle_input(now, &agent.poll_transmit().unwrap());
+    assert!(matches!(
+        proxy.poll_event(),
+        Some(ProxyEvent::Response { .. })
+    ));
 }

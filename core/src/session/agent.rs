@@ -129,6 +129,23 @@ impl AgentSession {
         }
     }
 
+    /// A session whose proxy was already identified another way (after a reverse
+    /// registration, spec §9): ready at once, speaking `format`.
+    #[must_use]
+    pub fn new_established(config: AgentConfig, format: WireFormat) -> Self {
+        AgentSession {
+            state: State::Ready,
+            format,
+            decoder: FrameDecoder::new(config.max_frame_len),
+            out: BytesMut::new(),
+            events: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            in_flight_total: 0,
+            paused_proxy: false,
+            config,
+        }
+    }
+
     /// True after the handshake and until the connection ends.
     #[must_use]
     pub fn is_ready(&self) -> bool {
@@ -284,7 +301,11 @@ impl AgentSession {
         }
     }
 
-    fn encode<T: serde::Serialize>(&mut self, kind: MessageType, value: &T) -> Result<(), SendError> {
+    fn encode<T: serde::Serialize>(
+        &mut self,
+        kind: MessageType,
+        value: &T,
+    ) -> Result<(), SendError> {
         encode_frame_of(
             kind,
             value,
@@ -397,7 +418,8 @@ impl AgentSession {
             protocol_version: if version_ok { PROTOCOL_VERSION } else { 0 },
             capabilities: self.config.capabilities.clone(),
             success: version_ok,
-            error: (!version_ok).then(|| String::from("no common protocol version (agent speaks 2)")),
+            error: (!version_ok)
+                .then(|| String::from("no common protocol version (agent speaks 2)")),
             encoding,
             agentwire: Some(AgentwireExtensions {
                 raw_body_bytes: true,
@@ -421,17 +443,19 @@ impl AgentSession {
             encoding,
             raw_body_bytes: true,
         };
-        self.events.push_back(AgentEvent::Connected { request, encoding });
+        self.events
+            .push_back(AgentEvent::Connected { request, encoding });
     }
 
     fn handle_cancel(&mut self, payload: &[u8]) {
         // The reference proxy writes Cancel in JSON whatever was negotiated (§3.3).
-        let cancel: Cancel = match decode_message(MessageType::Cancel, payload, self.format.encoding)
-            .or_else(|_| decode_message(MessageType::Cancel, payload, Encoding::Json))
-        {
-            Ok(c) => c,
-            Err(e) => return self.close_with(CloseReason::Decode(e)),
-        };
+        let cancel: Cancel =
+            match decode_message(MessageType::Cancel, payload, self.format.encoding)
+                .or_else(|_| decode_message(MessageType::Cancel, payload, Encoding::Json))
+            {
+                Ok(c) => c,
+                Err(e) => return self.close_with(CloseReason::Decode(e)),
+            };
         if let Some(n) = self.in_flight.remove(&cancel.correlation_id) {
             self.in_flight_total -= n as usize;
             self.update_flow_control();

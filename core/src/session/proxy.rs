@@ -1,9 +1,7 @@
 //! The proxy side of one agent connection.
 
 use super::{CloseReason, SendError};
-use crate::encoding::{
-    WireFormat, decode_message, encode_event, encode_frame_of,
-};
+use crate::encoding::{WireFormat, decode_message, encode_event, encode_frame_of};
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameDecoder, MessageType};
 use crate::message::*;
 use crate::time::Instant;
@@ -240,12 +238,51 @@ impl ProxySession {
         ) {
             // Only an absurdly small `max_frame_len` gets here.
             let _ = e;
-            session.close_with(CloseReason::Frame(crate::frame::FrameError::FrameTooLarge {
-                len: u64::MAX,
-                max,
-            }));
+            session.close_with(CloseReason::Frame(
+                crate::frame::FrameError::FrameTooLarge { len: u64::MAX, max },
+            ));
         }
         session
+    }
+
+    /// A session over a connection whose peer was already identified another way (a reverse
+    /// connection's registration, spec §9): no handshake is sent, the session is ready at once
+    /// and reports `Connected` with the registered capabilities.
+    #[must_use]
+    pub fn new_established(
+        config: ProxyConfig,
+        format: WireFormat,
+        capabilities: Capabilities,
+    ) -> Self {
+        let in_flight_limit = match capabilities.limits.max_concurrency as usize {
+            0 => config.max_in_flight,
+            declared => config.max_in_flight.min(declared),
+        };
+        let mut events = VecDeque::new();
+        events.push_back(ProxyEvent::Connected {
+            capabilities: capabilities.clone(),
+            encoding: format.encoding,
+            protocol_version: PROTOCOL_VERSION,
+        });
+        ProxySession {
+            state: State::Ready,
+            format,
+            decoder: FrameDecoder::new(config.max_frame_len),
+            out: BytesMut::new(),
+            events,
+            in_flight: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
+            next_serial: 0,
+            in_flight_limit,
+            paused: false,
+            agent_id: capabilities.agent_id,
+            configure_id: None,
+            pending_connected: None,
+            pings: VecDeque::new(),
+            next_ping: 0,
+            stats: ProxyStats::default(),
+            config,
+        }
     }
 
     /// True once the handshake (and configuration) completed and until the connection ends.
@@ -635,8 +672,12 @@ impl ProxySession {
             config_version: None,
             correlation_id: id.clone(),
         });
-        if let Err(e) = encode_event(&configure, self.format, self.config.max_frame_len, &mut self.out)
-        {
+        if let Err(e) = encode_event(
+            &configure,
+            self.format,
+            self.config.max_frame_len,
+            &mut self.out,
+        ) {
             let _ = e;
             return self.close_with(CloseReason::ConfigurationRejected);
         }
