@@ -70,6 +70,8 @@ pub mod encoding;
 pub mod message;
 pub mod time;
 #[cfg(feature = "std")]
+pub mod metrics;
+#[cfg(feature = "std")]
 pub mod pool;
 #[cfg(feature = "std")]
 pub mod sync;
