@@ -182,6 +182,10 @@ pub fn encode_payload<T: Serialize + ?Sized>(
     }
 }
 
+/// The deepest nesting of arrays and maps (the message itself included) a MessagePack
+/// payload may have: serde_json's fixed recursion limit, which bounds JSON payloads.
+const MAX_NESTING: usize = 128;
+
 /// Decodes a payload borrowing from `payload` where the type allows it.
 pub fn decode_payload<'a, T: Deserialize<'a>>(
     kind: MessageType,
@@ -196,6 +200,11 @@ pub fn decode_payload<'a, T: Deserialize<'a>>(
             #[cfg(feature = "msgpack")]
             {
                 let mut de = rmp_serde::Deserializer::from_read_ref(payload).with_human_readable();
+                // rmp-serde's default nesting limit (1024) lets a hostile `0x91 0x91 …` payload
+                // recurse through `AnyValue` deep enough to overflow a 2 MiB thread stack in
+                // debug builds. Use serde_json's limit instead, so both encodings accept
+                // exactly the same nesting.
+                de.set_max_depth(MAX_NESTING);
                 T::deserialize(&mut de).map_err(|e| decode_error(kind, encoding, e))
             }
             #[cfg(not(feature = "msgpack"))]
