@@ -966,3 +966,95 @@ fn msgpack_guardrail_writes_a_present_route_id_in_declaration_order() {
     set_length_field(&mut want);
     assert_eq!(hex(&got), hex(&want));
 }
+
+/// The reference decoder also accepts structs as positional MessagePack arrays (spec §3.2,
+/// older reference releases wrote them); so does agentwire's, for every recorded event and
+/// response whose type has a plain struct layout.
+#[test]
+fn msgpack_array_form_structs_decode() {
+    fn array_form<T: Serialize>(m: &T) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut ser = rmp_serde::Serializer::new(&mut buf).with_human_readable();
+        m.serialize(&mut ser).unwrap();
+        buf
+    }
+    let vectors = load();
+    let mut checked = 0;
+    for v in vectors.iter().filter(|v| v.encoding == Encoding::Msgpack) {
+        let (kind, payload) = unframe(v);
+        let positional = match kind {
+            MessageType::AgentResponse => {
+                let m: AgentResponse = decode_message(kind, &payload, Encoding::Msgpack).unwrap();
+                let back: AgentResponse =
+                    decode_message(kind, &array_form(&m), Encoding::Msgpack).unwrap();
+                assert_eq!(back, m, "{}", v.name);
+                continue;
+            }
+            _ => match decode_event(kind, &payload, Encoding::Msgpack) {
+                Ok(Event::RequestHeaders(e)) => array_form(&e),
+                Ok(Event::ResponseHeaders(e)) => array_form(&e),
+                Ok(Event::RequestComplete(e)) => array_form(&e),
+                Ok(Event::GuardrailInspect(e)) => array_form(&e),
+                Ok(Event::Configure(e)) => array_form(&e),
+                _ => continue,
+            },
+        };
+        assert_eq!(positional[0] & 0xf0, 0x90, "{}: a fixarray", v.name);
+        let back = decode_event(kind, &Bytes::from(positional), Encoding::Msgpack).unwrap();
+        assert_eq!(
+            back,
+            decode_event(kind, &payload, Encoding::Msgpack).unwrap()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked}");
+}
+
+/// Decoder tolerance the reference shows (spec §3.1): any key order, unknown keys ignored,
+/// missing optional keys, `"allow"` and `{"allow":null}` alike; variant names stay
+/// case-sensitive.
+#[test]
+fn decoders_accept_what_the_reference_accepts() {
+    let json = |s: &str| {
+        decode_message::<AgentResponse>(MessageType::AgentResponse, s.as_bytes(), Encoding::Json)
+    };
+    let minimal = json(r#"{"decision":"allow","version":2}"#).unwrap();
+    assert_eq!(minimal, AgentResponse::allow());
+    let unit_map = json(
+        r#"{"x-unknown":[1,{"a":null}],"websocket_decision":{"drop":null},"decision":{"allow":null},"version":2}"#,
+    )
+    .unwrap();
+    assert_eq!(unit_map.decision, Decision::Allow);
+    assert_eq!(unit_map.websocket_decision, Some(WebSocketDecision::Drop));
+    assert!(json(r#"{"version":2,"decision":"Allow"}"#).is_err());
+    assert!(
+        json(r#"{"decision":"allow"}"#).is_err(),
+        "version is required"
+    );
+    let block = json(r#"{"version":2,"decision":{"block":{"status":403}}}"#).unwrap();
+    assert_eq!(block, AgentResponse::block(403));
+
+    // The same in MessagePack: {"version": 2, "decision": {"allow": nil}}.
+    let mut p = vec![0x82, 0xa7];
+    p.extend_from_slice(b"version");
+    p.extend_from_slice(&[0x02, 0xa8]);
+    p.extend_from_slice(b"decision");
+    p.extend_from_slice(&[0x81, 0xa5]);
+    p.extend_from_slice(b"allow");
+    p.push(0xc0);
+    let m: AgentResponse =
+        decode_message(MessageType::AgentResponse, &p, Encoding::Msgpack).unwrap();
+    assert_eq!(m, AgentResponse::allow());
+
+    // Configure: every key optional on the agent side (spec §5.7).
+    let ev = decode_event(
+        MessageType::Configure,
+        &Bytes::from_static(b"{}"),
+        Encoding::Json,
+    )
+    .unwrap();
+    assert_eq!(ev, Event::Configure(Configure::default()));
+    // Event numbers 0 and 8 both mean configure (spec §4.2, B8).
+    assert_eq!(EventType::from_i32(0), Some(EventType::Configure));
+    assert_eq!(EventType::from_i32(8), Some(EventType::Configure));
+}
