@@ -592,7 +592,8 @@ fn undecodable_event_is_refused_never_allowed() {
 #[test]
 fn hostile_frames_close_with_typed_errors() {
     // Oversize length, zero length, unknown type, garbage handshake: each a typed close.
-    let cases: Vec<(Vec<u8>, fn(&CloseReason) -> bool)> = vec![
+    type CloseCheck = fn(&CloseReason) -> bool;
+    let cases: Vec<(Vec<u8>, CloseCheck)> = vec![
         (vec![0x01, 0, 0, 1, 0x01], |r| {
             matches!(
                 r,

@@ -453,10 +453,9 @@ impl Serialize for FlowAction {
             FlowAction::Unspecified => serialize_via_json_text(&0u8, s),
             FlowAction::Pause => serialize_via_json_text(&TaggedFlowAction::Pause, s),
             FlowAction::Resume => serialize_via_json_text(&TaggedFlowAction::Resume, s),
-            FlowAction::UpdateCapacity { buffer_available } => serialize_via_json_text(
-                &TaggedFlowAction::UpdateCapacity { buffer_available },
-                s,
-            ),
+            FlowAction::UpdateCapacity { buffer_available } => {
+                serialize_via_json_text(&TaggedFlowAction::UpdateCapacity { buffer_available }, s)
+            }
         }
     }
 }

@@ -34,8 +34,7 @@ impl Headers {
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.entries
-            .binary_search_by(|e| e.name.as_str().cmp(name))
+        self.entries.binary_search_by(|e| e.name.as_str().cmp(name))
     }
 
     /// Adds a value after any existing values of `name`.
@@ -103,16 +102,16 @@ impl Headers {
 
     /// Every `(name, value)` pair, names sorted, values in order; allocation-free.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.entries.iter().flat_map(|e| {
-            e.values
-                .iter()
-                .map(move |v| (e.name.as_str(), v.as_str()))
-        })
+        self.entries
+            .iter()
+            .flat_map(|e| e.values.iter().map(move |v| (e.name.as_str(), v.as_str())))
     }
 
     /// Every name with its values.
     pub fn names(&self) -> impl Iterator<Item = (&str, &[String])> + '_ {
-        self.entries.iter().map(|e| (e.name.as_str(), &e.values[..]))
+        self.entries
+            .iter()
+            .map(|e| (e.name.as_str(), &e.values[..]))
     }
 }
 
@@ -122,11 +121,25 @@ where
     V: Into<String>,
 {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
-        let mut h = Headers::new();
-        for (n, v) in iter {
-            h.append(n, v);
+        // Collect, sort once (stable, so values keep their order) and merge: n log n even for
+        // a huge list, where appending one by one would shift the sorted vector each time.
+        let mut pairs: SmallVec<[(String, String); 8]> = iter
+            .into_iter()
+            .map(|(n, v)| (n.into(), v.into()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut entries: SmallVec<[Entry; 8]> = SmallVec::new();
+        for (name, value) in pairs {
+            match entries.last_mut() {
+                Some(last) if last.name == name => last.values.push(value),
+                _ => {
+                    let mut values = HeaderValues::new();
+                    values.push(value);
+                    entries.push(Entry { name, values });
+                }
+            }
         }
-        h
+        Headers { entries }
     }
 }
 
@@ -228,10 +241,27 @@ mod tests {
     }
 
     #[test]
+    fn from_iter_sorts_once_and_keeps_value_order() {
+        let h: Headers = [("b", "1"), ("a", "x"), ("b", "2")].into_iter().collect();
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [("a", "x"), ("b", "1"), ("b", "2")]
+        );
+        let many: Headers = (0..100_000u32)
+            .rev()
+            .map(|i| (alloc::format!("h{i:06}"), "v"))
+            .collect();
+        assert_eq!(many.len(), 100_000);
+        assert_eq!(many.names().next().map(|(n, _)| n), Some("h000000"));
+    }
+
+    #[test]
     fn decoding_sorts_and_keeps_the_last_duplicate() {
-        let h: Headers =
-            serde_json::from_str(r#"{"z":["1"],"a":["2","3"],"z":["4"]}"#).unwrap();
-        assert_eq!(h.iter().collect::<Vec<_>>(), [("a", "2"), ("a", "3"), ("z", "4")]);
+        let h: Headers = serde_json::from_str(r#"{"z":["1"],"a":["2","3"],"z":["4"]}"#).unwrap();
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [("a", "2"), ("a", "3"), ("z", "4")]
+        );
         assert_eq!(
             serde_json::to_string(&h).unwrap(),
             r#"{"a":["2","3"],"z":["4"]}"#

@@ -26,10 +26,11 @@ use crate::frame::MessageType;
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A payload encoding (spec §3). The handshake is always JSON.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// Compact JSON text.
+    #[default]
     Json,
     /// MessagePack, structs as maps keyed by field name.
     Msgpack,
@@ -71,17 +72,14 @@ impl Encoding {
     }
 }
 
-impl Default for Encoding {
-    fn default() -> Self {
-        Encoding::Json
-    }
-}
-
 /// Decodes a list of encoding names, dropping names it does not know instead of failing (the
 /// reference fails the whole handshake on one unknown name, B11).
 fn lenient_encodings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Encoding>, D::Error> {
     let names = null_as_default::<D, Vec<String>>(d)?;
-    Ok(names.iter().filter_map(|n| Encoding::from_name(n)).collect())
+    Ok(names
+        .iter()
+        .filter_map(|n| Encoding::from_name(n))
+        .collect())
 }
 
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -435,6 +433,9 @@ pub struct Configure {
 }
 
 /// A proxy-to-agent message that expects an [`AgentResponse`].
+// Request headers dominate the size (their header map keeps 8 names inline); an event is moved
+// a couple of times per request, which is cheaper than the allocation boxing would add.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Event {

@@ -7,6 +7,7 @@ use crate::encoding::{
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameDecoder, MessageType, encode_frame};
 use crate::message::*;
 use crate::time::Instant;
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -56,13 +57,15 @@ impl Default for AgentConfig {
 }
 
 /// What an [`AgentSession`] reports.
+// `Request` carries an [`Event`] by value, on purpose (see the note on `Event`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AgentEvent {
     /// The handshake was answered; events follow.
     Connected {
         /// The proxy's handshake.
-        request: HandshakeRequest,
+        request: Box<HandshakeRequest>,
         /// The encoding chosen.
         encoding: Encoding,
     },
@@ -210,10 +213,10 @@ impl AgentSession {
 
     /// Fires the handshake deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let State::Handshaking { deadline } = self.state {
-            if now >= deadline {
-                self.close_with(CloseReason::HandshakeTimeout);
-            }
+        if let State::Handshaking { deadline } = self.state
+            && now >= deadline
+        {
+            self.close_with(CloseReason::HandshakeTimeout);
         }
     }
 
@@ -443,8 +446,10 @@ impl AgentSession {
             encoding,
             raw_body_bytes: true,
         };
-        self.events
-            .push_back(AgentEvent::Connected { request, encoding });
+        self.events.push_back(AgentEvent::Connected {
+            request: Box::new(request),
+            encoding,
+        });
     }
 
     fn handle_cancel(&mut self, payload: &[u8]) {

@@ -697,18 +697,18 @@ impl ProxySession {
                 Err(e) => return self.close_with(CloseReason::Decode(e)),
             };
         let id = response.correlation_id().unwrap_or("");
-        if let State::Configuring { .. } = self.state {
-            if self.configure_id.as_deref() == Some(id) {
-                if response.decision != Decision::Allow {
-                    return self.close_with(CloseReason::ConfigurationRejected);
-                }
-                self.configure_id = None;
-                self.state = State::Ready;
-                if let Some(connected) = self.pending_connected.take() {
-                    self.events.push_back(connected);
-                }
-                return;
+        if let State::Configuring { .. } = self.state
+            && self.configure_id.as_deref() == Some(id)
+        {
+            if response.decision != Decision::Allow {
+                return self.close_with(CloseReason::ConfigurationRejected);
             }
+            self.configure_id = None;
+            self.state = State::Ready;
+            if let Some(connected) = self.pending_connected.take() {
+                self.events.push_back(connected);
+            }
+            return;
         }
         match self.unregister(id) {
             Some(correlation_id) => {
