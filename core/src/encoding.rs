@@ -16,7 +16,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use core::fmt;
 use serde::de::{DeserializeOwned, Visitor};
 use serde::ser::SerializeStruct;
@@ -136,7 +136,8 @@ pub fn encode_payload<T: Serialize + ?Sized>(
         Encoding::Json => {
             #[cfg(feature = "std")]
             {
-                serde_json::to_writer(out.writer(), value).map_err(|e| ser_err(e.to_string()))
+                serde_json::to_writer(bytes::BufMut::writer(out), value)
+                    .map_err(|e| ser_err(e.to_string()))
             }
             #[cfg(not(feature = "std"))]
             {
@@ -148,7 +149,7 @@ pub fn encode_payload<T: Serialize + ?Sized>(
         Encoding::Msgpack => {
             #[cfg(feature = "msgpack")]
             {
-                let mut ser = rmp_serde::Serializer::new(out.writer())
+                let mut ser = rmp_serde::Serializer::new(bytes::BufMut::writer(out))
                     .with_struct_map()
                     .with_human_readable();
                 value
