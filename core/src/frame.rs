@@ -590,7 +590,13 @@ mod tests {
     #[test]
     fn decoder_reassembles_arbitrary_splits_and_stays_failed() {
         let mut wire = bytes::BytesMut::new();
-        encode_frame(MessageType::Ping, b"hello", DEFAULT_MAX_FRAME_LEN, &mut wire).unwrap();
+        encode_frame(
+            MessageType::Ping,
+            b"hello",
+            DEFAULT_MAX_FRAME_LEN,
+            &mut wire,
+        )
+        .unwrap();
         encode_frame(MessageType::Pong, b"", DEFAULT_MAX_FRAME_LEN, &mut wire).unwrap();
         for split in 0..wire.len() {
             let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);

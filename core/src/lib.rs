@@ -61,18 +61,17 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
-pub mod frame;
-#[cfg(feature = "alloc")]
-pub mod session;
 #[cfg(feature = "alloc")]
 pub mod encoding;
+pub mod frame;
 #[cfg(feature = "alloc")]
 pub mod message;
-pub mod time;
 #[cfg(feature = "std")]
 pub mod metrics;
 #[cfg(feature = "std")]
 pub mod pool;
+#[cfg(feature = "alloc")]
+pub mod session;
 #[cfg(feature = "std")]
 pub mod sync;
-
+pub mod time;

@@ -64,7 +64,10 @@ mod tests {
         let t = Instant::from_millis(5);
         assert_eq!(t.as_millis(), 5);
         assert_eq!(Instant::ZERO.saturating_duration_since(t), Duration::ZERO);
-        assert_eq!(t.saturating_duration_since(Instant::ZERO), Duration::from_millis(5));
+        assert_eq!(
+            t.saturating_duration_since(Instant::ZERO),
+            Duration::from_millis(5)
+        );
         assert_eq!(t.saturating_add(Duration::MAX).as_nanos(), u64::MAX);
         assert_eq!(Instant::from_millis(u64::MAX).as_nanos(), u64::MAX);
     }
