@@ -24,7 +24,17 @@ use alloc::string::String;
 use core::hash::BuildHasher;
 use core::time::Duration;
 use std::collections::HashMap;
-use std::hash::RandomState;
+
+/// Keys may come from clients (a request id header), so production maps use randomly keyed
+/// SipHash against hash flooding. Loom replays every execution and needs each to be
+/// deterministic, which random keys (and the shard choice and iteration order they drive)
+/// are not: under loom the keys are fixed.
+#[cfg(not(loom))]
+type KeyHasher = std::hash::RandomState;
+#[cfg(loom)]
+type KeyHasher = core::hash::BuildHasherDefault<std::hash::DefaultHasher>;
+
+type Shard = HashMap<String, Entry, KeyHasher>;
 
 use super::ConnectionId;
 use crate::sync::{self, AtomicU64, AtomicUsize, Ordering, RwLock};
@@ -77,10 +87,10 @@ struct Entry {
 /// docs). Share it by reference or `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct AffinityMap {
-    shards: Box<[RwLock<HashMap<String, Entry>>]>,
+    shards: Box<[RwLock<Shard>]>,
     /// Picks the shard; a separate hasher from the shards' own so a shard's keys do not all
     /// share the same hash bits inside its table.
-    router: RandomState,
+    router: KeyHasher,
     len: AtomicUsize,
     max_entries: usize,
     idle_timeout_ms: Option<u64>,
@@ -110,10 +120,10 @@ impl AffinityMap {
         let shards = config.shards.max(1).next_power_of_two();
         AffinityMap {
             shards: (0..shards)
-                .map(|_| RwLock::new(HashMap::new()))
+                .map(|_| RwLock::new(Shard::with_hasher(KeyHasher::default())))
                 .collect::<alloc::vec::Vec<_>>()
                 .into_boxed_slice(),
-            router: RandomState::new(),
+            router: KeyHasher::default(),
             len: AtomicUsize::new(0),
             max_entries: config.max_entries,
             idle_timeout_ms: config
@@ -124,7 +134,7 @@ impl AffinityMap {
         }
     }
 
-    fn shard(&self, key: &str) -> &RwLock<HashMap<String, Entry>> {
+    fn shard(&self, key: &str) -> &RwLock<Shard> {
         // The shard count is a power of two, so masking the hash is a uniform pick.
         let hash = self.router.hash_one(key) as usize;
         &self.shards[hash & (self.shards.len() - 1)]
