@@ -1,8 +1,8 @@
 //! Protocol metrics: lock-free counters, gauges and histograms, rendered as Prometheus text.
 //!
-//! Recording is one relaxed atomic operation per counter or gauge update and three per
-//! histogram observation (bucket, sum, and nothing else: the count is derived from the
-//! buckets at snapshot time, so `_count` always equals the `+Inf` bucket). Nothing records
+//! Recording is one relaxed atomic operation per counter or gauge update and two per
+//! histogram observation (its bucket and the sum; the count is derived from the buckets at
+//! snapshot time, so `_count` always equals the `+Inf` bucket). Nothing records
 //! under a lock; per-agent series are registered once (a write lock on a cold path) and then
 //! updated through the returned `Arc` handle.
 //!
@@ -404,29 +404,46 @@ pub struct AgentSnapshot {
     pub timeouts: u64,
 }
 
-/// Every value of a [`ProtocolMetrics`] at one moment. Field meanings as there.
-#[allow(missing_docs)]
+/// Every value of a [`ProtocolMetrics`] at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetricsSnapshot {
+    /// [`ProtocolMetrics::requests`].
     pub requests: u64,
+    /// [`ProtocolMetrics::responses`].
     pub responses: u64,
+    /// [`ProtocolMetrics::timeouts`].
     pub timeouts: u64,
+    /// [`ProtocolMetrics::connection_errors`].
     pub connection_errors: u64,
+    /// [`ProtocolMetrics::flow_control_pauses`].
     pub flow_control_pauses: u64,
+    /// [`ProtocolMetrics::flow_control_resumes`].
     pub flow_control_resumes: u64,
+    /// [`ProtocolMetrics::flow_control_rejections`].
     pub flow_control_rejections: u64,
+    /// [`ProtocolMetrics::circuit_opened`].
     pub circuit_opened: u64,
+    /// [`ProtocolMetrics::circuit_half_opened`].
     pub circuit_half_opened: u64,
+    /// [`ProtocolMetrics::circuit_closed`].
     pub circuit_closed: u64,
+    /// [`ProtocolMetrics::affinity_evictions`].
     pub affinity_evictions: u64,
+    /// [`ProtocolMetrics::affinity_rejections`].
     pub affinity_rejections: u64,
     /// Agent registrations refused by the series cap.
     pub agent_series_rejected: u64,
+    /// [`ProtocolMetrics::in_flight_requests`].
     pub in_flight_requests: i64,
+    /// [`ProtocolMetrics::correlation_affinities`].
     pub correlation_affinities: i64,
+    /// [`ProtocolMetrics::healthy_connections`].
     pub healthy_connections: i64,
+    /// [`ProtocolMetrics::paused_connections`].
     pub paused_connections: i64,
+    /// [`ProtocolMetrics::serialization_time`].
     pub serialization_time: HistogramSnapshot,
+    /// [`ProtocolMetrics::request_duration`].
     pub request_duration: HistogramSnapshot,
     /// Per-agent series, sorted by agent id.
     pub agents: Vec<AgentSnapshot>,

@@ -519,8 +519,8 @@ impl Harness {
 
     /// Ends every request (each way in turn) and checks that nothing is left in flight.
     fn drain(mut self) {
-        let mut way = 0_usize;
-        while !self.requests.is_empty() {
+        let outstanding = self.requests.len();
+        for way in 0..outstanding {
             let outcome = [
                 Some(RequestOutcome::Success),
                 Some(RequestOutcome::Timeout),
@@ -528,8 +528,8 @@ impl Harness {
             ][way % 3];
             self.end(0, outcome);
             self.check();
-            way += 1;
         }
+        assert!(self.requests.is_empty());
         for connection in &self.all {
             assert_eq!(
                 connection.in_flight(),
