@@ -169,6 +169,11 @@ impl Shared {
     /// Delivers every queued session event; returns notices to pass on after unlocking.
     fn dispatch(&self, inner: &mut Inner) -> Vec<AgentNotice> {
         let mut notices = Vec::new();
+        if inner.session.is_closed() {
+            // Before any waiter is failed: a caller that sees `ConnectionClosed` must also
+            // see `is_connected() == false` (the `Closed` event comes after the failures).
+            self.closed.store(true, Ordering::Release);
+        }
         while let Some(event) = inner.session.poll_event() {
             match event {
                 ProxyEvent::Connected {
@@ -361,13 +366,16 @@ impl AgentClient {
                 shared: shared.clone(),
             }),
         };
-        match ready_rx.await {
-            Ok(Ok(())) => Ok(client),
-            Ok(Err(CloseReason::HandshakeTimeout | CloseReason::ConfigurationTimeout)) => {
+        // The session bounds the handshake itself; this bounds the configuration round trip
+        // too, which the session times with its own (longer) configure timeout.
+        match timeout(runtime, remaining, ready_rx).await {
+            None => Err(ClientError::ConnectTimeout),
+            Some(Ok(Ok(()))) => Ok(client),
+            Some(Ok(Err(CloseReason::HandshakeTimeout | CloseReason::ConfigurationTimeout))) => {
                 Err(ClientError::ConnectTimeout)
             }
-            Ok(Err(reason)) => Err(ClientError::Handshake(reason)),
-            Err(_) => Err(ClientError::ConnectionClosed(None)),
+            Some(Ok(Err(reason))) => Err(ClientError::Handshake(reason)),
+            Some(Err(_)) => Err(ClientError::ConnectionClosed(None)),
         }
     }
 
@@ -698,35 +706,42 @@ async fn writer_loop(shared: Arc<Shared>, mut writer: BoxWriter) {
 
 /// Writes whatever `poll_transmit` yields until `closed` is set; a write that blocks (the
 /// peer stopped reading) is abandoned as soon as the connection closes.
+///
+/// Returns the bytes of a buffer that were not written when the close interrupted a write, so
+/// a caller that still drains (the agent's graceful shutdown) can finish the frame instead of
+/// leaving a torn frame on the wire.
 pub(crate) async fn write_until_closed(
     writer: &mut BoxWriter,
     wake: &Notify,
     closed: &AtomicBool,
     mut poll_transmit: impl FnMut() -> Option<Bytes>,
-) -> io::Result<()> {
+) -> io::Result<Option<Bytes>> {
     loop {
         match poll_transmit() {
-            Some(bytes) => {
-                let write = async { Some(writer.write_all(&bytes).await) };
-                let close = async {
-                    loop {
-                        wake.wait().await;
-                        if closed.load(Ordering::Acquire) {
-                            return None;
+            Some(mut bytes) => {
+                while !bytes.is_empty() {
+                    let write = async { Some(writer.write(&bytes).await) };
+                    let close = async {
+                        loop {
+                            wake.wait().await;
+                            if closed.load(Ordering::Acquire) {
+                                return None;
+                            }
                         }
+                    };
+                    // Anything queued meanwhile is picked up by the next poll.
+                    match futures_lite::future::or(write, close).await {
+                        Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                        Some(Ok(n)) => bytes = bytes.slice(n..),
+                        Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(Some(bytes)),
                     }
-                };
-                match futures_lite::future::or(write, close).await {
-                    Some(result) => {
-                        result?;
-                        // Anything queued while writing is picked up by the next poll.
-                    }
-                    None => return Ok(()),
                 }
             }
             None => {
                 if closed.load(Ordering::Acquire) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 writer.flush().await?;
                 wake.wait().await;

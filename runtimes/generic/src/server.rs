@@ -98,7 +98,9 @@ pub trait AgentHandler: Send + Sync + 'static {
         async { AgentResponse::allow() }
     }
 
-    /// The proxy cancelled a request; its pending handler future has been dropped.
+    /// The proxy cancelled a request. Called after the request's pending handler future (if
+    /// one was still running) has been dropped, and also for a Cancel of a request that has
+    /// no running handler (already answered, or never received).
     fn on_cancel(&self, correlation_id: &str, reason: CancelReason) {
         let _ = (correlation_id, reason);
     }
@@ -226,9 +228,11 @@ impl ConnShared {
     }
 }
 
+// One short-lived value per loop turn; boxing the answer would cost an allocation per answer.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Read(std::io::Result<usize>),
-    Done(Option<Result<(String, AgentResponse), futures_util::future::Aborted>>),
+    Done(Option<(String, Result<AgentResponse, futures_util::future::Aborted>)>),
     Timer,
     Shutdown,
     WriterGone,
@@ -275,10 +279,15 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
         config.drain_timeout,
     ));
     shared.writer_wake.notify();
+    // If this future is dropped mid-connection (the task aborted, a crash simulation, a
+    // `select!` that lost), the spawned writer must not keep the socket open forever.
+    let _close_on_drop = CloseOnDrop { shared: &shared };
 
     let handler: &H = &handler;
     let mut running = FuturesUnordered::new();
     let mut aborts: HashMap<String, Vec<AbortHandle>> = HashMap::new();
+    // Cancelled requests whose aborted handlers have not been dropped yet: reason and count.
+    let mut cancelling: HashMap<String, (CancelReason, usize)> = HashMap::new();
     let mut summary = ConnectionSummary::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut draining_since: Option<Instant> = None;
@@ -346,13 +355,24 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
                 session.handle_eof(now);
             }
             Wake::Read(Ok(n)) => session.handle_input(now, &buf[..n]),
-            Wake::Done(Some(Ok((id, response)))) => {
+            Wake::Done(Some((id, Ok(response)))) => {
                 remove_abort(&mut aborts, &id);
                 if session.respond(&id, response).is_ok() {
                     summary.responses += 1;
                 }
             }
-            Wake::Done(Some(Err(_))) | Wake::Done(None) => {}
+            Wake::Done(Some((id, Err(_aborted)))) => {
+                // The aborted handler future has been dropped by now: report the cancel.
+                if let Some((reason, left)) = cancelling.get_mut(&id) {
+                    *left -= 1;
+                    if *left == 0 {
+                        let reason = *reason;
+                        cancelling.remove(&id);
+                        handler.on_cancel(&id, reason);
+                    }
+                }
+            }
+            Wake::Done(None) => {}
             Wake::Timer => {
                 session.handle_timeout(now);
                 if draining_since.is_some_and(|t| Instant::now() >= t + config.drain_timeout) {
@@ -377,22 +397,30 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
                     let id = event.correlation_id().to_owned();
                     let (abort, registration) = AbortHandle::new_pair();
                     aborts.entry(id.clone()).or_default().push(abort);
-                    running.push(Abortable::new(
-                        async move { (id, handler.handle_event(event).await) },
-                        registration,
-                    ));
+                    running.push(async move {
+                        // The handler future is dropped when `Abortable` completes, before
+                        // this block yields: an abort is reported only after the drop.
+                        let outcome =
+                            Abortable::new(handler.handle_event(event), registration).await;
+                        (id, outcome)
+                    });
                 }
                 AgentEvent::Cancelled {
                     correlation_id,
                     reason,
                 } => {
                     summary.cancelled += 1;
-                    if let Some(handles) = aborts.remove(&correlation_id) {
-                        for h in handles {
-                            h.abort();
+                    match aborts.remove(&correlation_id) {
+                        Some(handles) if !handles.is_empty() => {
+                            // `on_cancel` runs once the aborted handlers have been dropped.
+                            let entry = cancelling.entry(correlation_id).or_insert((reason, 0));
+                            entry.1 += handles.len();
+                            for h in handles {
+                                h.abort();
+                            }
                         }
+                        _ => handler.on_cancel(&correlation_id, reason),
                     }
-                    handler.on_cancel(&correlation_id, reason);
                 }
                 AgentEvent::Undecodable {
                     correlation_id,
@@ -414,16 +442,33 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
         let closed = session.is_closed();
         drop(session);
         if closed {
-            for handles in aborts.into_values() {
-                for h in handles {
-                    h.abort();
-                }
+            // Dropping the handlers that still run; cancels still waiting for their handler
+            // to go are reported now that it has.
+            drop(running);
+            for (id, (reason, _)) in cancelling {
+                handler.on_cancel(&id, reason);
             }
             shared.closed.store(true, Ordering::Release);
             shared.writer_wake.notify();
             return summary;
         }
         shared.writer_wake.notify();
+    }
+}
+
+/// Closes the connection's session and releases its writer when `serve_session` ends in any
+/// way, including by being dropped.
+struct CloseOnDrop<'a> {
+    shared: &'a ConnShared,
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.shared.closed.load(Ordering::Acquire) {
+            self.shared.lock().close();
+            self.shared.closed.store(true, Ordering::Release);
+        }
+        self.shared.writer_wake.notify();
     }
 }
 
@@ -458,19 +503,24 @@ async fn agent_writer<R: Runtime>(
     done: Arc<WriterDone>,
     drain: Duration,
 ) {
-    let _ = write_until_closed(&mut writer, &shared.writer_wake, &shared.closed, || {
+    let written = write_until_closed(&mut writer, &shared.writer_wake, &shared.closed, || {
         shared.lock().poll_transmit()
     })
     .await;
     // Answers produced before the close are still delivered (the session keeps its buffer
-    // on close), within the drain time: a proxy that stopped reading cannot pin the task.
+    // on close), starting with the rest of a frame the close interrupted, within the drain
+    // time: a proxy that stopped reading cannot pin the task.
     let flush = async {
-        loop {
-            let pending = shared.lock().poll_transmit();
-            let Some(bytes) = pending else { break };
+        let mut pending = match written {
+            Ok(leftover) => leftover.or_else(|| shared.lock().poll_transmit()),
+            // The stream is broken: nothing more can be delivered.
+            Err(_) => None,
+        };
+        while let Some(bytes) = pending {
             if writer.write_all(&bytes).await.is_err() {
                 break;
             }
+            pending = shared.lock().poll_transmit();
         }
         let _ = writer.flush().await;
         let _ = writer.close().await;
