@@ -56,12 +56,23 @@ impl Default for UdsServerConfig {
 }
 
 /// An agent listening on a Unix socket.
-#[derive(Debug)]
 pub struct UdsServer<R: Runtime> {
     runtime: R,
     listener: R::UnixListener,
     path: PathBuf,
     config: Arc<UdsServerConfig>,
+}
+
+// By hand: a derive would require the runtime's listener type to be `Debug`, which the
+// `Runtime` trait does not ask for, so generic code could not debug-print a server.
+impl<R: Runtime> std::fmt::Debug for UdsServer<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdsServer")
+            .field("runtime", &self.runtime)
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Makes `path` available for a new socket: refuses anything that is not a stale socket.
@@ -133,18 +144,25 @@ impl<R: Runtime> UdsServer<R> {
         &self.path
     }
 
-    /// Accepts and serves connections until `shutdown` is triggered, then waits for every
-    /// connection to drain (each within the drain timeout) and removes the socket file.
+    /// Accepts and serves connections until `shutdown` is triggered, then stops listening —
+    /// the socket file is removed at once, so new connections are refused instead of queueing
+    /// unanswered — and waits for every connection to drain (each within the drain timeout).
     pub async fn serve<H: AgentHandler>(
         self,
         handler: Arc<H>,
         shutdown: Shutdown,
     ) -> io::Result<()> {
-        let serve_config = Arc::new(self.config.serve.clone());
+        let UdsServer {
+            runtime,
+            listener,
+            path,
+            config,
+        } = self;
+        let serve_config = Arc::new(config.serve.clone());
         let counter = Arc::new(ConnectionCounter::default());
         loop {
             let accepted = futures_or(
-                async { Some(self.runtime.accept_unix(&self.listener).await) },
+                async { Some(runtime.accept_unix(&listener).await) },
                 async {
                     shutdown.wait().await;
                     None
@@ -152,12 +170,17 @@ impl<R: Runtime> UdsServer<R> {
             )
             .await;
             let Some(accepted) = accepted else { break };
+            if shutdown.is_triggered() {
+                // Accepted in the same turn as the shutdown: refuse it like later ones.
+                drop(accepted);
+                break;
+            }
             let (reader, writer) = match accepted {
                 Ok(halves) => halves,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     // Out of descriptors or similar: back off instead of spinning.
-                    self.runtime
+                    runtime
                         .sleep_until(
                             std::time::Instant::now() + std::time::Duration::from_millis(20),
                         )
@@ -165,35 +188,39 @@ impl<R: Runtime> UdsServer<R> {
                     continue;
                 }
             };
-            let Some(slot) = counter.try_acquire(self.config.max_connections) else {
+            let Some(slot) = counter.try_acquire(config.max_connections) else {
                 tracing::warn!(
-                    max = self.config.max_connections,
+                    max = config.max_connections,
                     "connection limit reached; closing new connection"
                 );
                 drop((reader, writer));
                 continue;
             };
-            let runtime = self.runtime.clone();
+            let conn_runtime = runtime.clone();
             let handler = handler.clone();
-            let config = serve_config.clone();
+            let conn_config = serve_config.clone();
             let shutdown = shutdown.clone();
-            self.runtime.spawn(async move {
+            runtime.spawn(async move {
                 let _slot = slot;
                 let summary =
-                    serve_connection(runtime, reader, writer, config, handler, shutdown).await;
+                    serve_connection(conn_runtime, reader, writer, conn_config, handler, shutdown)
+                        .await;
                 tracing::debug!(?summary, "connection done");
             });
         }
+        // Stop listening before draining: connections still in the kernel's backlog are
+        // closed, and new ones fail at once instead of waiting for a handshake answer.
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
         // Drain: connections see the same shutdown signal and finish within their drain time.
         let deadline = std::time::Instant::now()
-            + self.config.serve.drain_timeout
+            + config.serve.drain_timeout
             + std::time::Duration::from_secs(1);
         while counter.live() > 0 && std::time::Instant::now() < deadline {
-            self.runtime
+            runtime
                 .sleep_until(std::time::Instant::now() + std::time::Duration::from_millis(5))
                 .await;
         }
-        let _ = std::fs::remove_file(&self.path);
         Ok(())
     }
 }
