@@ -50,7 +50,8 @@ pub trait PooledConnection: Send + Sync + fmt::Debug + 'static {
     /// False once the transport is closed or broken.
     fn is_connected(&self) -> bool;
 
-    /// True while the agent asked the proxy to pause this connection.
+    /// True while the agent asked the proxy to pause this connection. Informational: the
+    /// pool follows the flow-control notices the transport delivers.
     fn is_paused(&self) -> bool {
         false
     }
@@ -209,15 +210,24 @@ pub(crate) struct ConnCore {
     pub(crate) base_limit: AtomicU32,
     /// The agent's own last health report said unhealthy or draining.
     pub(crate) reported_unhealthy: AtomicBool,
+    /// The transport's notices do not reach this record (a client attached with its own
+    /// callback): its pause flag is copied from the transport on cold paths instead.
+    pub(crate) mirror_pause: bool,
 }
 
 impl ConnCore {
-    pub(crate) fn new(state: ConnectionState, base_limit: u32) -> Self {
+    pub(crate) fn new(state: ConnectionState, base_limit: u32, mirror_pause: bool) -> Self {
         ConnCore {
             state,
             base_limit: AtomicU32::new(base_limit),
             reported_unhealthy: AtomicBool::new(false),
+            mirror_pause,
         }
+    }
+
+    /// The limit before agent capacity signals.
+    pub(crate) fn base_limit(&self) -> u32 {
+        self.base_limit.load(Ordering::Relaxed)
     }
 
     /// Sets the limit from the handshake (configured ∧ declared).

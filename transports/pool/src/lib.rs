@@ -496,8 +496,8 @@ impl<R: Runtime> AgentPool<R> {
             )));
         }
         let transport = AgentConnection::Client(client);
-        let conn = self.inner.new_conn_core(&agent);
-        let limit = declared_limit(&transport, conn.base_limit_value());
+        let conn = self.inner.new_conn_core(&agent, true);
+        let limit = declared_limit(&transport, conn.base_limit());
         conn.set_base_limit(limit);
         if transport.is_paused() {
             conn.state.pause();
@@ -1029,12 +1029,6 @@ async fn retire<R: Runtime>(runtime: &R, agent: &Agent, drain: Duration, reason:
     }
 }
 
-impl ConnCore {
-    fn base_limit_value(&self) -> u32 {
-        self.base_limit.load(Ordering::Relaxed)
-    }
-}
-
 impl<R: Runtime> PoolInner<R> {
     fn check_running(&self) -> Result<(), PoolError> {
         if self.shutting_down.load(Ordering::Acquire) {
@@ -1140,7 +1134,7 @@ impl<R: Runtime> PoolInner<R> {
             .clamp(1, MAX_IN_FLIGHT_LIMIT)
     }
 
-    fn new_conn_core(&self, agent: &Agent) -> Arc<ConnCore> {
+    fn new_conn_core(&self, agent: &Agent, mirror_pause: bool) -> Arc<ConnCore> {
         let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
         let limit = self.configured_limit(agent);
         let state = ConnectionState::new(
@@ -1151,7 +1145,7 @@ impl<R: Runtime> PoolInner<R> {
                 breaker: self.config.breaker,
             },
         );
-        Arc::new(ConnCore::new(state, limit))
+        Arc::new(ConnCore::new(state, limit, mirror_pause))
     }
 
     /// Opens one connection of `agent` (bounded by the connect timeout).
@@ -1162,8 +1156,8 @@ impl<R: Runtime> PoolInner<R> {
                 "agent has no endpoint (reverse connections only)",
             )));
         };
-        let core = self.new_conn_core(agent);
-        let configured = core.base_limit_value();
+        let core = self.new_conn_core(agent, false);
+        let configured = core.base_limit();
         let mut client = self.config.client.clone();
         client.connect_timeout = self.config.connect_timeout;
         client.session.agent_config = agent.options.config.clone();
@@ -1294,14 +1288,13 @@ impl<R: Runtime> PoolInner<R> {
     }
 
     /// For clients attached without the pool's notice callback: clears pauses their session
-    /// no longer has (cold path, flow-control waits only).
+    /// no longer has (cold path, flow-control waits only; connections the pool dialled get
+    /// every resume through their notices).
     fn resync_paused(&self, agent_id: &str) {
         if let Some(agent) = self.published.load().get(agent_id) {
             let mut resumed = false;
             for conn in agent.connections.load().iter() {
-                if let AgentConnection::Client(client) = &conn.transport
-                    && conn.state().is_paused()
-                    && !client.is_paused()
+                if conn.core.mirror_pause && conn.state().is_paused() && !conn.transport.is_paused()
                 {
                     resumed |= conn.state().resume();
                 }

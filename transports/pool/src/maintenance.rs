@@ -14,7 +14,6 @@ use agentwire_core::time::Instant;
 use agentwire_runtime::{Runtime, core_now, race, to_std};
 
 use crate::agent::Agent;
-use crate::connection::AgentConnection;
 use crate::{Control, PoolInner};
 
 /// The shortest period between passes, whatever the configuration says.
@@ -67,9 +66,10 @@ impl<R: Runtime> PoolInner<R> {
             }
             state.set_healthy(!conn.core.reported_unhealthy.load(Ordering::Acquire));
             // Clients attached without the pool's notice callback: their own session state
-            // is authoritative. (Pool-dialled connections agree with it anyway.)
-            if let AgentConnection::Client(client) = &conn.transport {
-                if client.is_paused() {
+            // is authoritative. (Copying it for connections that get notices could undo a
+            // pause that arrived between the read and the copy.)
+            if conn.core.mirror_pause {
+                if conn.transport.is_paused() {
                     state.pause();
                 } else {
                     resumed |= state.resume();
