@@ -28,6 +28,8 @@
 
 pub mod client;
 mod notify;
+#[cfg(feature = "async-io")]
+pub mod reactor;
 pub mod server;
 
 pub use notify::Notify;
