@@ -34,6 +34,23 @@
 //! shutdown.trigger();
 //! # Ok(()) }
 //! ```
+//!
+//! The same API runs on async-std (`agentwire-async-std`) and smol (`agentwire-smol`).
+//!
+//! ## Examples
+//!
+//! Two programs in `examples/` work together: start the agent, then ask it from the proxy
+//! (`cargo run -p agentwire-tokio --example minimal_agent -- /tmp/agent.sock`, then
+//! `cargo run -p agentwire-tokio --example minimal_proxy -- /tmp/agent.sock /admin/users`,
+//! which prints `GET /admin/users: block with 403`).
+//!
+//! `examples/minimal_agent.rs` — an agent that blocks `/admin` and drains on Ctrl-C:
+//!
+#![doc = concat!("```no_run\n", include_str!("../examples/minimal_agent.rs"), "```")]
+//!
+//! `examples/minimal_proxy.rs` — a proxy-side client that prints the agent's decision:
+//!
+#![doc = concat!("```no_run\n", include_str!("../examples/minimal_proxy.rs"), "```")]
 
 pub use agentwire_core as core;
 pub use agentwire_runtime::client::{
@@ -127,40 +144,32 @@ impl Runtime for TokioRuntime {
         tokio::net::UnixListener::bind(path)
     }
 
-    fn accept_unix(
+    async fn accept_unix(
         &self,
         listener: &Self::UnixListener,
-    ) -> impl Future<Output = io::Result<(BoxReader, BoxWriter)>> + Send {
-        async move { listener.accept().await.map(|(s, _)| split_unix(s)) }
+    ) -> io::Result<(BoxReader, BoxWriter)> {
+        listener.accept().await.map(|(s, _)| split_unix(s))
     }
 
-    fn connect_tcp(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<(BoxReader, BoxWriter)>> + Send {
-        async move { tokio::net::TcpStream::connect(addr).await.map(split_tcp) }
+    async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<(BoxReader, BoxWriter)> {
+        tokio::net::TcpStream::connect(addr).await.map(split_tcp)
     }
 
-    fn bind_tcp(
-        &self,
-        addr: SocketAddr,
-    ) -> impl Future<Output = io::Result<Self::TcpListener>> + Send {
-        async move { tokio::net::TcpListener::bind(addr).await }
+    async fn bind_tcp(&self, addr: SocketAddr) -> io::Result<Self::TcpListener> {
+        tokio::net::TcpListener::bind(addr).await
     }
 
     fn tcp_local_addr(&self, listener: &Self::TcpListener) -> io::Result<SocketAddr> {
         listener.local_addr()
     }
 
-    fn accept_tcp(
+    async fn accept_tcp(
         &self,
         listener: &Self::TcpListener,
-    ) -> impl Future<Output = io::Result<(BoxReader, BoxWriter, SocketAddr)>> + Send {
-        async move {
-            listener.accept().await.map(|(s, addr)| {
-                let (r, w) = split_tcp(s);
-                (r, w, addr)
-            })
-        }
+    ) -> io::Result<(BoxReader, BoxWriter, SocketAddr)> {
+        listener.accept().await.map(|(s, addr)| {
+            let (r, w) = split_tcp(s);
+            (r, w, addr)
+        })
     }
 }
