@@ -1,16 +1,16 @@
-//! What `agentwire bench` drives: the agent connections behind one small interface, so the
-//! load generator does not care how requests reach the agent.
+//! What `agentwire bench` drives: an [`AgentPool`] with one agent, behind the small
+//! [`Backend`] interface the load generator is written against.
 
 use agentwire_core::message::{AgentResponse, BodyChunk, Encoding, RequestHeaders};
-use agentwire_core::sync::{AtomicUsize, Mutex, Ordering};
+use agentwire_pool::{AgentOptions, AgentPool, PoolConfig, PoolOutcome};
 use agentwire_runtime::Runtime;
-use agentwire_runtime::client::{AgentClient, ClientConfig, ClientError};
-use std::collections::HashMap;
+use agentwire_runtime::client::{AgentClient, ClientConfig};
 use std::future::Future;
-use std::path::Path;
 use std::time::Duration;
 
-/// A short stable name of why an event failed (`ClientError::kind`, pool error kinds).
+use crate::{CliError, Endpoint};
+
+/// A short stable name of why an event failed (`ClientError::kind`, `PoolError::kind`).
 pub(crate) type ErrorKind = &'static str;
 
 /// Sends a request's events to one agent.
@@ -30,100 +30,106 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The request is over: forget where it went.
     fn finish(&self, correlation_id: &str);
 
-    /// The encoding the connections speak, when known.
-    fn encoding(&self) -> Option<Encoding>;
-
     /// Closes every connection, letting requests in flight finish briefly.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }
 
-/// `connections` [`AgentClient`]s used round-robin, a request's body chunks pinned to the
-/// connection that carried its headers.
+/// The agent id the bench registers its target under.
+const AGENT: &str = "bench";
+
+/// The proxy's real path: an [`AgentPool`] holding `connections` connections to the agent
+/// (round robin, a request's events pinned to one connection by correlation affinity).
 #[derive(Debug)]
-pub(crate) struct Clients<R: Runtime> {
-    runtime: R,
-    clients: Vec<AgentClient>,
-    next: AtomicUsize,
-    /// Connection of each request with a body in flight (`None`: no bodies are sent).
-    affinity: Option<Mutex<HashMap<String, usize>>>,
+pub(crate) struct Pool<R: Runtime> {
+    pool: AgentPool<R>,
 }
 
-impl<R: Runtime> Clients<R> {
-    /// Opens `connections` connections to the agent at `path`.
+/// Settings the bench gives the pool.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolSettings {
+    pub(crate) connections: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) encoding: Encoding,
+}
+
+impl<R: Runtime> Pool<R> {
+    /// Checks that the agent at `endpoint` answers a handshake (for a precise error and the
+    /// negotiated encoding, which the pool does not report), then opens the pool.
     pub(crate) async fn connect(
         runtime: R,
-        path: &Path,
-        connections: usize,
-        config: ClientConfig,
-        bodies: bool,
-    ) -> Result<Self, ClientError> {
-        let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
-            clients.push(AgentClient::connect_unix(&runtime, path, config.clone()).await?);
-        }
-        Ok(Clients {
-            runtime,
-            clients,
-            next: AtomicUsize::new(0),
-            affinity: bodies.then(|| Mutex::new(HashMap::new())),
-        })
-    }
+        endpoint: &Endpoint,
+        settings: &PoolSettings,
+    ) -> Result<(Self, Encoding), CliError> {
+        let mut client = ClientConfig {
+            connect_timeout: settings.connect_timeout,
+            ..ClientConfig::default()
+        };
+        client.session.encodings = vec![settings.encoding];
+        let path = endpoint.uds_path()?;
+        let first = AgentClient::connect_unix(&runtime, path, client.clone())
+            .await
+            .map_err(|e| CliError::new(format!("cannot connect to {endpoint}: {e}")))?;
+        let encoding = first.info().map_or(Encoding::Json, |i| i.encoding);
+        first.close();
 
-    fn affinity(&self) -> Option<agentwire_core::sync::MutexGuard<'_, HashMap<String, usize>>> {
-        self.affinity
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+        let in_flight = u32::try_from(settings.concurrency).unwrap_or(u32::MAX);
+        let config = PoolConfig {
+            connections_per_agent: settings.connections,
+            request_timeout: settings.request_timeout,
+            connect_timeout: settings.connect_timeout,
+            max_in_flight_per_connection: in_flight.max(100),
+            drain_timeout: Duration::from_secs(2),
+            client,
+            ..PoolConfig::default()
+        };
+        let pool = AgentPool::new(runtime, config);
+        let added = pool
+            .add_agent(AGENT, &endpoint.to_string(), AgentOptions::default())
+            .await;
+        if let Err(e) = added {
+            pool.shutdown().await;
+            return Err(CliError::new(format!(
+                "cannot add {endpoint} to the pool: {e}"
+            )));
+        }
+        let healthy = pool.healthy_connections(AGENT);
+        if healthy < settings.connections {
+            pool.shutdown().await;
+            return Err(CliError::new(format!(
+                "only {healthy} of {} connections to {endpoint} could be opened",
+                settings.connections
+            )));
+        }
+        Ok((Pool { pool }, encoding))
     }
 }
 
-impl<R: Runtime> Backend for Clients<R> {
-    fn request_headers(
-        &self,
-        event: RequestHeaders,
-    ) -> impl Future<Output = Result<AgentResponse, ErrorKind>> + Send {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        if let Some(mut affinity) = self.affinity() {
-            affinity.insert(event.metadata.correlation_id.clone(), index);
-        }
-        let client = &self.clients[index];
-        async move {
-            client
-                .send_request_headers(event)
-                .await
-                .map_err(|e| e.kind())
-        }
+fn answer(
+    outcome: Result<PoolOutcome, agentwire_pool::PoolError>,
+) -> Result<AgentResponse, ErrorKind> {
+    match outcome {
+        Ok(PoolOutcome::Answered(r)) => Ok(r),
+        Ok(PoolOutcome::Skipped { .. }) => Err("skipped"),
+        Err(e) => Err(e.kind()),
+    }
+}
+
+impl<R: Runtime> Backend for Pool<R> {
+    async fn request_headers(&self, event: RequestHeaders) -> Result<AgentResponse, ErrorKind> {
+        answer(self.pool.send_request_headers(AGENT, event).await)
     }
 
-    fn request_body_chunk(
-        &self,
-        chunk: BodyChunk,
-    ) -> impl Future<Output = Result<AgentResponse, ErrorKind>> + Send {
-        let index = self
-            .affinity()
-            .and_then(|a| a.get(&chunk.correlation_id).copied())
-            .unwrap_or(0);
-        let client = &self.clients[index];
-        async move {
-            client
-                .send_request_body_chunk(chunk)
-                .await
-                .map_err(|e| e.kind())
-        }
+    async fn request_body_chunk(&self, chunk: BodyChunk) -> Result<AgentResponse, ErrorKind> {
+        answer(self.pool.send_request_body_chunk(AGENT, chunk).await)
     }
 
     fn finish(&self, correlation_id: &str) {
-        if let Some(mut affinity) = self.affinity() {
-            affinity.remove(correlation_id);
-        }
-    }
-
-    fn encoding(&self) -> Option<Encoding> {
-        self.clients.first()?.info().map(|i| i.encoding)
+        self.pool.clear_affinity(correlation_id);
     }
 
     async fn shutdown(&self) {
-        for client in &self.clients {
-            client.shutdown(&self.runtime, Duration::from_secs(1)).await;
-        }
+        self.pool.shutdown().await;
     }
 }

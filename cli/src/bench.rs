@@ -7,7 +7,7 @@
 //! Every event's round trip goes into the latency histogram; `decisions` counts answered
 //! events, `requests` requests whose every event was answered.
 
-use crate::backend::{Backend, Clients, ErrorKind};
+use crate::backend::{Backend, ErrorKind, Pool, PoolSettings};
 use crate::demo::DemoAgent;
 use crate::{CliError, Endpoint, RuntimeKind, TransportKind, WireEncoding};
 use agentwire_core::message::{
@@ -15,7 +15,6 @@ use agentwire_core::message::{
 };
 use agentwire_core::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 use agentwire_runtime::Runtime;
-use agentwire_runtime::client::ClientConfig;
 use agentwire_runtime::server::Shutdown;
 use agentwire_uds::{UdsServer, UdsServerConfig};
 use bytes::Bytes;
@@ -289,16 +288,16 @@ fn start_embedded<R: Runtime>(runtime: &R, transport: TransportKind) -> Result<E
 /// Runs a benchmark on `runtime` (which must be able to spawn from here).
 pub async fn run_on<R: Runtime>(runtime: R, config: &BenchConfig) -> Result<Report, CliError> {
     validate(config)?;
-    let (embedded, path, transport) = match &config.target {
+    let (embedded, endpoint, transport) = match &config.target {
         Target::Embedded(t) => {
             let e = start_embedded(&runtime, *t)?;
-            let path = e.path.clone();
-            (Some(e), path, t.name())
+            let endpoint = Endpoint::Uds(e.path.clone());
+            (Some(e), endpoint, t.name())
         }
-        Target::External(Endpoint::Uds(path)) => (None, path.clone(), "uds (external)"),
+        Target::External(endpoint @ Endpoint::Uds(_)) => (None, endpoint.clone(), "uds (external)"),
         Target::External(Endpoint::Grpc(_)) => return Err(TransportKind::Grpc.unavailable()),
     };
-    let result = drive(runtime.clone(), config, &path, transport).await;
+    let result = drive(runtime.clone(), config, &endpoint, transport).await;
     if let Some(e) = embedded {
         e.shutdown.trigger();
         let _ = agentwire_runtime::timeout(&runtime, Duration::from_secs(15), e.done).await;
@@ -309,24 +308,18 @@ pub async fn run_on<R: Runtime>(runtime: R, config: &BenchConfig) -> Result<Repo
 async fn drive<R: Runtime>(
     runtime: R,
     config: &BenchConfig,
-    path: &std::path::Path,
+    endpoint: &Endpoint,
     transport: &str,
 ) -> Result<Report, CliError> {
-    let mut client = ClientConfig::default();
-    client.session.encodings = vec![config.encoding.into()];
-    client.session.request_timeout = config.request_timeout;
-    client.session.max_in_flight = config.concurrency.max(1024);
-    let backend = Clients::connect(
-        runtime.clone(),
-        path,
-        config.connections,
-        client,
-        config.body_bytes > 0,
-    )
-    .await
-    .map_err(|e| CliError::new(format!("cannot connect to {}: {e}", path.display())))?;
+    let settings = PoolSettings {
+        connections: config.connections,
+        concurrency: config.concurrency,
+        request_timeout: config.request_timeout,
+        connect_timeout: Duration::from_secs(5),
+        encoding: config.encoding.into(),
+    };
+    let (backend, encoding) = Pool::connect(runtime.clone(), endpoint, &settings).await?;
     let backend = Arc::new(backend);
-    let encoding = backend.encoding().unwrap_or(Encoding::Json);
     let result = load(runtime.clone(), config, backend.clone()).await;
     backend.shutdown().await;
     let mut report = result?;
