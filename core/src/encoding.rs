@@ -735,17 +735,14 @@ pub fn decode_event(
 /// answer it — with a refusal, never an Allow.
 #[must_use]
 pub fn salvage_correlation_id(payload: &[u8], encoding: Encoding) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Meta {
-        #[serde(default)]
-        correlation_id: Option<String>,
-    }
+    // Each field is read as an arbitrary value and inspected on its own, so one malformed
+    // field (say `"metadata": 42`) does not hide a good id in the other.
     #[derive(Deserialize)]
     struct Salvage {
         #[serde(default)]
-        correlation_id: Option<String>,
+        correlation_id: Option<AnyValue>,
         #[serde(default)]
-        metadata: Option<Meta>,
+        metadata: Option<AnyValue>,
     }
     if encoding == Encoding::Postcard {
         // Positional: every event starts with its id except RequestHeaders (metadata first,
@@ -756,10 +753,18 @@ pub fn salvage_correlation_id(payload: &[u8], encoding: Encoding) -> Option<Stri
             .filter(|s| !s.is_empty());
     }
     let s: Salvage = decode_payload(MessageType::Cancel, payload, encoding).ok()?;
-    s.correlation_id
-        .filter(|id| !id.is_empty())
-        .or_else(|| s.metadata.and_then(|m| m.correlation_id))
-        .filter(|id| !id.is_empty())
+    let top = s
+        .correlation_id
+        .and_then(|v| v.as_str().map(String::from))
+        .filter(|id| !id.is_empty());
+    top.or_else(|| {
+        s.metadata?
+            .0
+            .get("correlation_id")?
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(String::from)
+    })
 }
 
 #[cfg(test)]
@@ -856,6 +861,17 @@ mod tests {
             Some("b".into())
         );
         assert_eq!(salvage_correlation_id(b"\xff", Encoding::Json), None);
+        assert_eq!(
+            salvage_correlation_id(br#"{"correlation_id":"c","metadata":42}"#, Encoding::Json),
+            Some("c".into())
+        );
+        assert_eq!(
+            salvage_correlation_id(
+                br#"{"correlation_id":7,"metadata":{"correlation_id":"m"}}"#,
+                Encoding::Json
+            ),
+            Some("m".into())
+        );
     }
 
     #[test]

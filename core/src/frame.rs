@@ -421,6 +421,20 @@ mod buffered {
                 Some(h) => h,
                 None => {
                     if self.buf.len() < HEADER_LEN {
+                        // The length alone is enough to refuse a frame (as the reference does
+                        // before reading the type byte): no need to wait for a fifth byte.
+                        if self.buf.len() >= 4 {
+                            let len = u32::from_be_bytes([
+                                self.buf[0],
+                                self.buf[1],
+                                self.buf[2],
+                                self.buf[3],
+                            ]);
+                            if let Err(e) = super::check_length(len, self.max_len) {
+                                self.failed = Some(e);
+                                return Err(e);
+                            }
+                        }
                         return Ok(None);
                     }
                     let mut raw = [0u8; HEADER_LEN];
@@ -619,6 +633,23 @@ mod tests {
         assert_eq!(err, FrameError::FrameTooLarge { len: 9, max: 8 });
         d.extend(&[0, 0, 0, 1, 0x41]);
         assert_eq!(d.decode(), Err(err));
+    }
+
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn decoder_refuses_a_bad_length_before_the_type_byte() {
+        let mut d = FrameDecoder::new(100);
+        d.extend(&[0, 0, 0, 0]);
+        assert_eq!(d.decode(), Err(FrameError::ZeroLength));
+        let mut d = FrameDecoder::new(100);
+        d.extend(&[0, 0, 1, 0]);
+        assert_eq!(
+            d.decode(),
+            Err(FrameError::FrameTooLarge { len: 256, max: 100 })
+        );
+        let mut d = FrameDecoder::new(100);
+        d.extend(&[0, 0, 0, 5]);
+        assert_eq!(d.decode(), Ok(None));
     }
 
     #[cfg(feature = "alloc")]

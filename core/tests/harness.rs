@@ -722,3 +722,37 @@ fn established_sessions_skip_the_handshake() {
         Some(ProxyEvent::Response { .. })
     ));
 }
+
+#[test]
+fn cancel_frees_the_slot_even_when_the_agent_is_not_reading() {
+    let mut pair = Pair::new(
+        ProxyConfig {
+            max_buffered_bytes: 1,
+            ..ProxyConfig::default()
+        },
+        AgentConfig {
+            capabilities: capabilities(100),
+            ..AgentConfig::default()
+        },
+    );
+    pair.take_proxy_events();
+    pair.proxy
+        .send_event(pair.now, &headers_event("stuck"))
+        .unwrap();
+    // Nothing is written: the buffer is over its bound.
+    assert!(matches!(
+        pair.proxy.send_event(pair.now, &headers_event("next")),
+        Err(SendError::Backpressure { .. })
+    ));
+    pair.proxy
+        .cancel(pair.now, "stuck", CancelReason::ClientDisconnect)
+        .unwrap();
+    assert_eq!(pair.proxy.in_flight(), 0);
+    assert!(matches!(
+        pair.proxy.poll_event(),
+        Some(ProxyEvent::Failed {
+            error: RequestError::Cancelled,
+            ..
+        })
+    ));
+}

@@ -512,8 +512,13 @@ impl ProxySession {
         correlation_id: &str,
         reason: CancelReason,
     ) -> Result<(), SendError> {
-        self.check_can_send()?;
-        self.encode_cancel(correlation_id, reason, now)?;
+        match self.check_can_send() {
+            Ok(()) => self.encode_cancel(correlation_id, reason, now)?,
+            // The agent is not reading: the Cancel frame cannot be queued, but the local slot
+            // must still be freed now rather than at the deadline.
+            Err(SendError::Backpressure { .. }) => {}
+            Err(e) => return Err(e),
+        }
         if let Some(id) = self.unregister(correlation_id) {
             self.events.push_back(ProxyEvent::Failed {
                 correlation_id: id,
@@ -525,7 +530,6 @@ impl ProxySession {
 
     /// Cancels every pending event, one Cancel frame each (there is no cancel-all message).
     pub fn cancel_all(&mut self, now: Instant, reason: CancelReason) -> Result<(), SendError> {
-        self.check_can_send()?;
         let ids: Vec<String> = self.in_flight.keys().cloned().collect();
         for id in ids {
             self.cancel(now, &id, reason)?;
