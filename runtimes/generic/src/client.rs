@@ -379,6 +379,49 @@ impl AgentClient {
         }
     }
 
+    /// A client over a stream whose agent was already identified another way (a reverse
+    /// connection's registration, spec §9): no handshake is sent, the client is ready at once
+    /// and speaks `format`. `config.connect_timeout` is unused; the session's request
+    /// timeout and limits apply (the in-flight limit is capped by
+    /// `capabilities.limits.max_concurrency`).
+    pub fn established<R: Runtime>(
+        runtime: &R,
+        reader: BoxReader,
+        writer: BoxWriter,
+        config: ClientConfig,
+        format: agentwire_core::encoding::WireFormat,
+        capabilities: Capabilities,
+        notices: Option<NoticeCallback>,
+    ) -> AgentClient {
+        let session = ProxySession::new_established(config.session, format, capabilities);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                session,
+                waiters: HashMap::new(),
+                pings: HashMap::new(),
+                ready: None,
+                armed: None,
+                close_reason: None,
+            }),
+            writer_wake: Notify::new(),
+            reader_wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            info: OnceLock::new(),
+            notices,
+        });
+        // Deliver the session's `Connected` now, so `info` and `agent_id` are set on return.
+        let notices = {
+            let mut inner = shared.lock();
+            shared.dispatch(&mut inner)
+        };
+        shared.deliver(notices);
+        runtime.spawn(reader_loop(runtime.clone(), shared.clone(), reader));
+        runtime.spawn(writer_loop(shared.clone(), writer));
+        AgentClient {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
     fn shared(&self) -> &Shared {
         &self.handle.shared
     }
