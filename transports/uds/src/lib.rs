@@ -100,38 +100,51 @@ fn clear_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Binds a Unix listener at `path` safely (the rules of the crate docs): refuses to replace
+/// anything but a stale socket, creates the socket with permission bits `mode` inside a
+/// private (`0700`) directory next to `path` and renames it into place, so it is never
+/// reachable with looser permissions. Shared by every agentwire Unix-socket listener.
+pub fn bind_private_socket<R: Runtime>(
+    runtime: &R,
+    path: &Path,
+    mode: u32,
+) -> io::Result<R::UnixListener> {
+    clear_stale_socket(path)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "socket path has no file name")
+    })?;
+    // A private directory next to the target: the socket is never visible with the
+    // process umask's permissions, and the rename is atomic on one filesystem.
+    let private = parent.join(format!(
+        ".{}.agentwire-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        unique()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let result = (|| -> io::Result<R::UnixListener> {
+        let listener = runtime.bind_unix(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    result
+}
+
 impl<R: Runtime> UdsServer<R> {
     /// Binds `path` (see the crate docs for the safety rules).
     pub fn bind(runtime: R, path: impl AsRef<Path>, config: UdsServerConfig) -> io::Result<Self> {
         let path = path.as_ref().to_path_buf();
-        clear_stale_socket(&path)?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "socket path has no file name")
-        })?;
-        // A private directory next to the target: the socket is never visible with the
-        // process umask's permissions, and the rename is atomic on one filesystem.
-        let private = parent.join(format!(
-            ".{}.agentwire-{}-{}",
-            name.to_string_lossy(),
-            std::process::id(),
-            unique()
-        ));
-        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
-        let staged = private.join("s");
-        let result = (|| -> io::Result<R::UnixListener> {
-            let listener = runtime.bind_unix(&staged)?;
-            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(config.socket_mode))?;
-            std::fs::rename(&staged, &path)?;
-            Ok(listener)
-        })();
-        let _ = std::fs::remove_file(&staged);
-        let _ = std::fs::remove_dir(&private);
+        let listener = bind_private_socket(&runtime, &path, config.socket_mode)?;
         Ok(UdsServer {
-            listener: result?,
+            listener,
             runtime,
             path,
             config: Arc::new(config),
