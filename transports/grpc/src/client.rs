@@ -596,11 +596,12 @@ impl GrpcAgentClient {
         if id.is_empty() {
             return Err(ClientError::Protocol(SendError::EmptyCorrelationId));
         }
+        let kind = event.message_type();
         let message = pb::ProxyToAgent {
             message: Some(
                 mapping::event_to_pb(event, time::now_ms(), false).map_err(|e| {
                     ClientError::Protocol(SendError::Encode(EncodeError::Serialize {
-                        kind: agentwire_core::frame::MessageType::RequestHeaders,
+                        kind,
                         detail: e.to_string(),
                     }))
                 })?,

@@ -94,9 +94,11 @@
 //! have no core field; agentwire sends them unset (0) and ignores them on receipt.
 //!
 //! `GuardrailInspect`'s `inspection_type`, `categories`, `route_id` and `metadata` travel in
-//! the proto's free-form `context_json` and survive; a `metadata["content_type"]` of
-//! `prompt`/`response`/`system`/`tool_call`/`tool_result` also sets the proto's
-//! `content_type`. `http_version` is sent as the metadata's `protocol` (the reference
+//! the proto's free-form `context_json` (only what differs from the defaults, so a plain
+//! inspection sends `{}` as the reference does) and survive; a `metadata["content_type"]`
+//! of `prompt`/`response`/`system`/`tool_call`/`tool_result` travels in the proto's
+//! `content_type` field instead, and a non-zero `content_type` from any proxy reads back as
+//! that metadata entry. `http_version` is sent as the metadata's `protocol` (the reference
 //! hard-codes `HTTP/1.1`). Log messages from agents have no core type: the client writes
 //! them to `tracing`.
 

@@ -95,6 +95,11 @@ pub const RESPONSE_TOO_LARGE: &str = "agentwire.response_too_large";
 /// the handler's future; guardrail inspections and WebSocket frames are answered (B2); a
 /// configuration is applied before any later message is read, accepted silently or — when
 /// the handler does not Allow it — rejected by ending the stream (§10.4).
+///
+/// Unary `ProcessEvent` needs no handshake and answers a handshake, a ping and every event
+/// (a configure with the handler's verdict as the response; the reference answers only
+/// handshake, request headers and ping); a cancel or an empty message is
+/// `INVALID_ARGUMENT`. `ControlStream` behaves as the reference's (§10.6).
 pub struct GrpcAgentServer<H> {
     handler: Arc<H>,
     config: Arc<GrpcServerConfig>,
