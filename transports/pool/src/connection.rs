@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_core::message::{AgentResponse, CancelReason, Event};
+use agentwire_core::message::{AgentResponse, CancelReason, Capabilities, Event};
 use agentwire_core::pool::{ConnectionId, ConnectionState};
 use agentwire_core::sync::{AtomicBool, AtomicU32, Ordering};
 use agentwire_runtime::client::NoticeCallback;
-use agentwire_runtime::client::{AgentClient, ClientConfig, ClientError, ConnectionInfo};
+use agentwire_runtime::client::{AgentClient, ClientConfig, ClientError};
 
 use crate::Endpoint;
 use crate::agent::AgentCore;
@@ -26,9 +26,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// in-process test double, …), object-safe so the pool can hold any of them.
 ///
 /// Contract, which the pool relies on:
-/// * [`send`](Self::send) answers, fails or times out within `timeout` (the pool adds a
-///   safety margin of its own for custom connections); dropping the future cancels the
-///   request.
+/// * [`send`](Self::send) answers, fails or times out within `timeout` (unless
+///   [`enforces_deadline`](Self::enforces_deadline) says so, the pool adds a timer of its
+///   own as a safety net); dropping the future cancels the request.
 /// * [`is_connected`](Self::is_connected) turns false once the transport is dead; the pool
 ///   then stops selecting the connection and maintenance replaces it.
 /// * Flow-control, health and metrics messages from the agent are passed to the
@@ -59,8 +59,15 @@ pub trait PooledConnection: Send + Sync + fmt::Debug + 'static {
     /// Requests awaiting an answer.
     fn in_flight(&self) -> usize;
 
-    /// What the handshake established, if the transport has one.
-    fn info(&self) -> Option<ConnectionInfo>;
+    /// The capabilities the agent declared in its handshake (the pool reads
+    /// `limits.max_concurrency` to bound the connection's in-flight count).
+    fn capabilities(&self) -> Option<Capabilities>;
+
+    /// Whether [`send`](Self::send) enforces its `timeout` itself. When false (the default),
+    /// the pool races each send against a timer of its own, one second longer.
+    fn enforces_deadline(&self) -> bool {
+        false
+    }
 
     /// Closes the connection; pending requests fail.
     fn close(&self);
@@ -140,12 +147,12 @@ impl AgentConnection {
         }
     }
 
-    /// What the handshake established.
+    /// The capabilities the agent declared in its handshake.
     #[must_use]
-    pub fn info(&self) -> Option<ConnectionInfo> {
+    pub fn capabilities(&self) -> Option<Capabilities> {
         match self {
-            AgentConnection::Client(client) => client.info().cloned(),
-            AgentConnection::Custom(conn) => conn.info(),
+            AgentConnection::Client(client) => client.info().map(|i| i.capabilities.clone()),
+            AgentConnection::Custom(conn) => conn.capabilities(),
         }
     }
 
@@ -157,8 +164,12 @@ impl AgentConnection {
         }
     }
 
-    fn is_custom(&self) -> bool {
-        matches!(self, AgentConnection::Custom(_))
+    /// Whether the transport enforces each send's deadline itself.
+    fn enforces_deadline(&self) -> bool {
+        match self {
+            AgentConnection::Client(_) => true,
+            AgentConnection::Custom(conn) => conn.enforces_deadline(),
+        }
     }
 }
 
@@ -265,10 +276,10 @@ impl PooledConn {
         &self.core.state
     }
 
-    /// Custom transports get a pool-side deadline as a safety net; the generic client
-    /// enforces its own (its session timer sends the agent a Cancel, too).
+    /// Transports that do not enforce their deadline get a pool-side one as a safety net;
+    /// the generic client enforces its own (its session timer sends the agent a Cancel, too).
     pub(crate) fn needs_pool_deadline(&self) -> bool {
-        self.transport.is_custom()
+        !self.transport.enforces_deadline()
     }
 }
 

@@ -76,17 +76,17 @@
 //! A synchronisation point here is an ordered read-modify-write on state that concurrent
 //! requests also write (what makes cores wait for each other). One event costs exactly two,
 //! both on the chosen connection's cache-aligned admission word
-//! ([`ConnectionState`](agentwire_core::pool::ConnectionState)):
+//! ([`ConnectionState`]):
 //!
 //! 1. **Admission** — one compare-and-swap that checks "open, not paused, below the limit"
 //!    and counts the request in (it also records the last-used time, the `touch`).
-//! 2. **Release** — the [`InFlightGuard`](agentwire_core::pool::InFlightGuard)'s
+//! 2. **Release** — the [`InFlightGuard`]'s
 //!    `fetch_sub`, on every path: answer, error, timeout, cancel, or the caller dropping the
 //!    future.
 //!
 //! Everything else is a lock-free read or an unordered counter:
 //! * the registry lookup and the agent's connection list are [`arc_swap`] loads: a
-//!   thread-local slot, no shared write, no lock (the [`DashMap`](dashmap::DashMap) that
+//!   thread-local slot, no shared write, no lock (the [`DashMap`] that
 //!   holds the registry is touched only by add/remove/iteration, which publish a new
 //!   snapshot);
 //! * selection is loads of each connection's admission and breaker words; health is the
@@ -140,6 +140,8 @@ mod connection;
 mod endpoint;
 mod error;
 mod flow;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 mod maintenance;
 
 pub use config::{AgentOptions, CHANNEL_BUFFER_SIZE, FailurePolicy, PoolConfig};
@@ -990,8 +992,8 @@ fn apply_policy(
 /// declared in its handshake.
 fn declared_limit(transport: &AgentConnection, configured: u32) -> u32 {
     transport
-        .info()
-        .map(|info| info.capabilities.limits.max_concurrency)
+        .capabilities()
+        .map(|capabilities| capabilities.limits.max_concurrency)
         .filter(|&declared| declared > 0)
         .map_or(configured, |declared| declared.min(configured))
 }

@@ -19,15 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentwire_core::message::{
-    AgentResponse, BodyChunk, CancelReason, Event, FlowAction, FlowControlSignal, HeaderOp,
-    RequestComplete, RequestHeaders, RequestMetadata,
+    AgentResponse, BodyChunk, CancelReason, Capabilities, Event, FlowAction, FlowControlSignal,
+    HeaderOp, RequestComplete, RequestHeaders, RequestMetadata,
 };
 use agentwire_core::pool::{BreakerConfig, FlowControlMode, Strategy as Balance};
 use agentwire_pool::{
     AgentConnection, AgentOptions, AgentPool, BoxFuture, ClientError, ConnectSettings, Connector,
     Endpoint, PoolConfig, PoolError, PoolOutcome, PooledConnection,
 };
-use agentwire_runtime::client::{AgentNotice, ConnectionInfo, NoticeCallback};
+use agentwire_runtime::client::{AgentNotice, NoticeCallback};
 use futures_util::FutureExt;
 use proptest::prelude::*;
 
@@ -203,7 +203,7 @@ impl PooledConnection for MockConn {
             .count()
     }
 
-    fn info(&self) -> Option<ConnectionInfo> {
+    fn capabilities(&self) -> Option<Capabilities> {
         None
     }
 
