@@ -845,8 +845,9 @@ async fn reject<R: Runtime>(
     deadline: Instant,
 ) {
     bump(&ctx.state.counters.rejected);
+    // Debug-formatted: the id is not validated yet and may hold control characters.
     tracing::info!(
-        agent_id,
+        agent_id = ?agent_id,
         reason = rejection.detail(),
         "reverse registration rejected"
     );
