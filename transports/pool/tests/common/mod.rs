@@ -87,6 +87,8 @@ pub const CID_HEADER: &str = "x-agent-cid";
 #[derive(Debug, Default)]
 pub struct AgentStats {
     pub connections: AtomicUsize,
+    /// Connections currently served.
+    pub live: AtomicUsize,
     pub events: AtomicUsize,
     pub cancelled: AtomicUsize,
 }
@@ -206,6 +208,7 @@ impl EchoAgent {
                     break;
                 };
                 let conn = stats2.connections.fetch_add(1, Ordering::Relaxed);
+                stats2.live.fetch_add(1, Ordering::SeqCst);
                 let handler = Arc::new(EchoHandler {
                     rt: rt2.clone(),
                     conn,
@@ -213,8 +216,10 @@ impl EchoAgent {
                     behaviour: behaviour.clone(),
                 });
                 let (rt3, serve, stop) = (rt2.clone(), serve.clone(), stop.clone());
+                let stats3 = stats2.clone();
                 rt2.spawn(async move {
                     serve_connection(rt3, reader, writer, serve, handler, stop).await;
+                    stats3.live.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -230,6 +235,17 @@ impl EchoAgent {
     pub fn kill(&self) {
         self.shutdown.trigger();
         let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// [`kill`](Self::kill), then waits (bounded) until every connection has ended, so the
+    /// next request cannot reach the dying agent.
+    pub async fn kill_and_wait<R: Runtime>(&self, rt: &R) {
+        self.kill();
+        let ended = eventually(rt, Duration::from_secs(5), || {
+            self.stats.live.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        assert!(ended, "the killed agent's connections did not end");
     }
 
     pub fn endpoint(&self) -> String {
