@@ -220,7 +220,13 @@ pub fn run(config: &BenchConfig) -> Result<Report, CliError> {
             let runtime = agentwire_tokio::TokioRuntime::from_handle(rt.handle().clone());
             rt.block_on(run_on(runtime, config))
         }
-        other => Err(other.unavailable()),
+        // Both run their executors on their own threads: blocking on the driver is enough.
+        RuntimeKind::AsyncStd => {
+            futures_lite::future::block_on(run_on(agentwire_async_std::runtime(), config))
+        }
+        RuntimeKind::Smol => {
+            futures_lite::future::block_on(run_on(agentwire_smol::runtime(), config))
+        }
     }
 }
 

@@ -69,11 +69,13 @@ impl Endpoint {
         }
     }
 
-    /// The Unix socket path, or the "not available" error for a gRPC endpoint.
+    /// The Unix socket path; an error for a gRPC endpoint.
     pub fn uds_path(&self) -> Result<&std::path::Path, CliError> {
         match self {
             Endpoint::Uds(p) => Ok(p),
-            Endpoint::Grpc(_) => Err(TransportKind::Grpc.unavailable()),
+            Endpoint::Grpc(url) => Err(CliError::new(format!(
+                "{url} is a gRPC endpoint; this needs a Unix socket path"
+            ))),
         }
     }
 }
@@ -129,9 +131,9 @@ impl TransportKind {
 pub enum RuntimeKind {
     /// tokio (multi-threaded, one worker per available core).
     Tokio,
-    /// async-std.
+    /// async-std (its global executor).
     AsyncStd,
-    /// smol.
+    /// smol (its global executor; `SMOL_THREADS` threads, default 1).
     Smol,
 }
 
@@ -144,16 +146,6 @@ impl RuntimeKind {
             RuntimeKind::AsyncStd => "async-std",
             RuntimeKind::Smol => "smol",
         }
-    }
-
-    /// The error for a runtime this build does not include.
-    #[must_use]
-    pub fn unavailable(self) -> CliError {
-        CliError::new(format!(
-            "the {} runtime is not yet available in this build (agentwire-{} has not landed)",
-            self.name(),
-            self.name()
-        ))
     }
 }
 
@@ -220,6 +212,6 @@ mod tests {
             Endpoint::Grpc(_)
         ));
         let err = Endpoint::parse("http://x").uds_path().unwrap_err();
-        assert!(err.to_string().contains("grpc"), "{err}");
+        assert!(err.to_string().contains("gRPC"), "{err}");
     }
 }

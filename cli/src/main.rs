@@ -3,7 +3,7 @@
 
 use agentwire_cli::bench::{BenchConfig, Limit, Target};
 use agentwire_cli::probe::ProbeConfig;
-use agentwire_cli::serve::ServeConfig;
+use agentwire_cli::serve::{ServeConfig, TlsFiles};
 use agentwire_cli::{CliError, Endpoint, RuntimeKind, TransportKind, WireEncoding};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ use std::time::Duration;
     after_help = "Examples:\n  \
         agentwire bench                                  # 5 s load test against an embedded demo agent\n  \
         agentwire serve --uds /tmp/agent.sock            # run the demo agent\n  \
+        agentwire serve --grpc 127.0.0.1:50051           # ... over gRPC (h2c; --tls-cert/--tls-key for TLS)\n  \
         agentwire probe /tmp/agent.sock --uri /admin     # one request, show the decision\n  \
         agentwire conform /tmp/agent.sock                # check an agent against the protocol\n\n\
         Logging goes to stderr and is controlled by RUST_LOG (e.g. RUST_LOG=debug)."
@@ -47,8 +48,9 @@ enum Command {
     Bench(BenchArgs),
     /// Run the demo agent (see `agentwire serve --help` for its rules)
     #[command(
-        long_about = "Run the demo agent until Ctrl-C or SIGTERM; on shutdown it stops \
-        accepting, lets requests in flight finish (within --drain-timeout) and exits.\n\n\
+        long_about = "Run the demo agent on a Unix socket (--uds) and/or over gRPC \
+        (--grpc, h2c or TLS) until Ctrl-C or SIGTERM; on shutdown it stops accepting, lets \
+        requests in flight finish (within --drain-timeout) and exits.\n\n\
         Rules of the demo agent:\n  \
         - request path (URI up to '?') starting with /admin   -> block 403\n  \
         - request path starting with /old/...                  -> redirect 301 to /new/...\n  \
@@ -129,9 +131,19 @@ struct ServeArgs {
     /// else is left alone)
     #[arg(long, value_name = "PATH")]
     uds: Option<PathBuf>,
-    /// Listen for gRPC on this address (needs agentwire-grpc)
+    /// Listen for gRPC on this address, e.g. 127.0.0.1:50051 (port 0: any free port; the
+    /// address is printed on stdout)
     #[arg(long, value_name = "ADDR")]
-    grpc: Option<String>,
+    grpc: Option<std::net::SocketAddr>,
+    /// Serve gRPC over TLS with this certificate chain (PEM)
+    #[arg(long, value_name = "PEM", requires_all = ["grpc", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require gRPC clients to present a certificate signed by these authorities (PEM): mTLS
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Dial a proxy's reverse-connection socket (needs agentwire-reverse)
     #[arg(long, value_name = "ENDPOINT")]
     reverse: Option<String>,
@@ -151,7 +163,8 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct ProbeArgs {
-    /// The agent: a Unix socket path (`unix:` prefix accepted)
+    /// The agent: a Unix socket path (`unix:` prefix accepted), or an http:// or https://
+    /// gRPC endpoint
     endpoint: String,
     /// HTTP method of the request
     #[arg(long, default_value = "GET")]
@@ -172,6 +185,9 @@ struct ProbeArgs {
     /// Bound on connecting and on each answer
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     timeout: Duration,
+    /// Certificate authorities (PEM) to trust for an https:// gRPC endpoint
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
     /// Print everything as one JSON object
     #[arg(long)]
     json: bool,
@@ -247,6 +263,14 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
     agentwire_cli::serve::run(&ServeConfig {
         uds: args.uds,
         grpc: args.grpc,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
+        },
         reverse: args.reverse,
         agent_id: args.agent_id,
         token: args.token,
@@ -266,6 +290,7 @@ fn probe(args: ProbeArgs) -> Result<ExitCode, CliError> {
         body: args.body,
         encoding: args.encoding,
         timeout: args.timeout,
+        tls_ca: args.tls_ca,
     })?;
     if args.json {
         println!("{}", result.to_json());

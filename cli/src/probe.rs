@@ -6,9 +6,11 @@ use agentwire_core::message::{
     AgentResponse, BodyChunk, Capabilities, Decision, EventType, Headers, RequestHeaders,
     RequestMetadata,
 };
+use agentwire_grpc::{ClientTls, GrpcAgentClient, GrpcClientConfig};
 use agentwire_runtime::client::{AgentClient, ClientConfig, ClientError};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 /// What to send.
@@ -28,6 +30,8 @@ pub struct ProbeConfig {
     pub encoding: Option<WireEncoding>,
     /// Bound on connecting plus handshaking, and on each answer.
     pub timeout: Duration,
+    /// Certificate authorities (PEM) trusted for an `https://` gRPC endpoint.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ProbeConfig {
@@ -40,6 +44,7 @@ impl Default for ProbeConfig {
             body: None,
             encoding: None,
             timeout: Duration::from_secs(5),
+            tls_ca: None,
         }
     }
 }
@@ -163,29 +168,104 @@ pub fn parse_header(text: &str) -> Result<(String, String), String> {
     Ok((name.to_ascii_lowercase(), value.trim().to_owned()))
 }
 
+/// A connection over either transport.
+enum Connection {
+    Uds(AgentClient),
+    Grpc(GrpcAgentClient),
+}
+
+impl Connection {
+    async fn open(config: &ProbeConfig) -> Result<Connection, CliError> {
+        let fail = |e: ClientError| connect_error(&config.endpoint, config.timeout, &e);
+        match &config.endpoint {
+            Endpoint::Uds(path) => {
+                let mut client_config = ClientConfig {
+                    connect_timeout: config.timeout,
+                    ..ClientConfig::default()
+                };
+                client_config.session.request_timeout = config.timeout;
+                if let Some(e) = config.encoding {
+                    client_config.session.encodings = vec![e.into()];
+                }
+                let runtime = agentwire_tokio::runtime();
+                AgentClient::connect_unix(&runtime, path, client_config)
+                    .await
+                    .map(Connection::Uds)
+                    .map_err(fail)
+            }
+            Endpoint::Grpc(url) => {
+                let tls = match &config.tls_ca {
+                    Some(path) => Some(ClientTls::with_ca(std::fs::read(path).map_err(|e| {
+                        CliError::new(format!("cannot read {}: {e}", path.display()))
+                    })?)),
+                    None => None,
+                };
+                let grpc_config = GrpcClientConfig {
+                    connect_timeout: config.timeout,
+                    request_timeout: config.timeout,
+                    tls,
+                    ..GrpcClientConfig::default()
+                };
+                GrpcAgentClient::connect(url, grpc_config)
+                    .await
+                    .map(Connection::Grpc)
+                    .map_err(fail)
+            }
+        }
+    }
+
+    /// Version, encoding and capabilities from the handshake.
+    fn info(&self) -> Option<(u32, &'static str, Capabilities)> {
+        match self {
+            Connection::Uds(c) => c.info().map(|i| {
+                (
+                    i.protocol_version,
+                    i.encoding.as_str(),
+                    i.capabilities.clone(),
+                )
+            }),
+            Connection::Grpc(c) => {
+                let i = c.info();
+                Some((i.protocol_version, "protobuf", i.capabilities.clone()))
+            }
+        }
+    }
+
+    async fn request_headers(&self, e: RequestHeaders) -> Result<AgentResponse, ClientError> {
+        match self {
+            Connection::Uds(c) => c.send_request_headers(e).await,
+            Connection::Grpc(c) => c.send_request_headers(e).await,
+        }
+    }
+
+    async fn request_body_chunk(&self, e: BodyChunk) -> Result<AgentResponse, ClientError> {
+        match self {
+            Connection::Uds(c) => c.send_request_body_chunk(e).await,
+            Connection::Grpc(c) => c.send_request_body_chunk(e).await,
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Connection::Uds(c) => {
+                c.shutdown(&agentwire_tokio::runtime(), Duration::from_millis(100))
+                    .await;
+            }
+            Connection::Grpc(c) => c.shutdown(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Runs the probe on a fresh tokio runtime.
 pub fn run(config: &ProbeConfig) -> Result<ProbeResult, CliError> {
-    let path = config.endpoint.uds_path()?.to_owned();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::new(format!("cannot start the tokio runtime: {e}")))?;
     rt.block_on(async {
-        let runtime = agentwire_tokio::runtime();
-        let mut client_config = ClientConfig {
-            connect_timeout: config.timeout,
-            ..ClientConfig::default()
-        };
-        client_config.session.request_timeout = config.timeout;
-        if let Some(e) = config.encoding {
-            client_config.session.encodings = vec![e.into()];
-        }
-        let client = AgentClient::connect_unix(&runtime, &path, client_config)
-            .await
-            .map_err(|e| connect_error(&config.endpoint, config.timeout, &e))?;
-        let info = client
+        let conn = Connection::open(config).await?;
+        let (protocol_version, encoding, capabilities) = conn
             .info()
-            .cloned()
             .ok_or_else(|| CliError::new("the connection closed right after the handshake"))?;
         let id = "probe-1".to_owned();
         let mut headers = Headers::new();
@@ -209,7 +289,7 @@ pub fn run(config: &ProbeConfig) -> Result<ProbeResult, CliError> {
         };
         let answer = |e: ClientError| CliError::new(format!("no decision from the agent: {e}"));
         let mut responses = Vec::new();
-        let first = client.send_request_headers(request).await.map_err(answer)?;
+        let first = conn.request_headers(request).await.map_err(answer)?;
         let allowed = first.decision == Decision::Allow;
         responses.push(("request_headers", first));
         if let (true, Some(body)) = (allowed, &config.body) {
@@ -222,17 +302,14 @@ pub fn run(config: &ProbeConfig) -> Result<ProbeResult, CliError> {
                 is_last: true,
                 chunk_index: 0,
             };
-            let r = client
-                .send_request_body_chunk(chunk)
-                .await
-                .map_err(answer)?;
+            let r = conn.request_body_chunk(chunk).await.map_err(answer)?;
             responses.push(("request_body_chunk", r));
         }
-        client.shutdown(&runtime, Duration::from_millis(100)).await;
+        conn.close().await;
         Ok(ProbeResult {
-            protocol_version: info.protocol_version,
-            encoding: info.encoding.as_str().to_owned(),
-            capabilities: info.capabilities,
+            protocol_version,
+            encoding: encoding.to_owned(),
+            capabilities,
             responses,
         })
     })

@@ -21,37 +21,58 @@ fn agentwire() -> Command {
 struct Server {
     child: Child,
     path: PathBuf,
+    /// The gRPC endpoint it printed, when started with `--grpc`.
+    grpc: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
+    /// `agentwire serve --uds <tmp>/agent.sock` with `extra` arguments; returns once every
+    /// listener has printed its line.
+    fn start_with(extra: &[&str], dir: tempfile::TempDir) -> Server {
         let path = dir.path().join("agent.sock");
-        let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("agentwire"))
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("agentwire"))
             .args(["serve", "--uds"])
             .arg(&path)
             .args(["--agent-id", "test-agent", "--drain-timeout", "2s"])
+            .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("serve starts");
-        let server = Server {
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let listeners = 1 + usize::from(extra.contains(&"--grpc"));
+        let mut server = Server {
             child,
             path,
+            grpc: None,
             _dir: dir,
         };
-        server.wait_ready();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for _ in 0..listeners {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("serve printed its listeners");
+            if let Some(url) = line.strip_prefix("grpc ") {
+                server.grpc = Some(url.to_owned());
+            }
+        }
+        assert!(std::os::unix::net::UnixStream::connect(&server.path).is_ok());
         server
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&self.path).is_err() {
-            assert!(Instant::now() < deadline, "serve did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn start() -> Server {
+        Server::start_with(&[], tempfile::tempdir().unwrap())
     }
 
     fn path(&self) -> &Path {
@@ -157,13 +178,18 @@ fn probe_of_something_that_is_not_an_agent_fails_with_one_line() {
 }
 
 #[test]
-fn probe_of_a_grpc_endpoint_says_it_is_not_available() {
+fn probe_of_a_closed_grpc_port_fails_with_one_line() {
     let out = agentwire()
-        .args(["probe", "http://127.0.0.1:9"])
+        .args(["probe", "http://127.0.0.1:9", "--timeout", "2s"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("grpc"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("cannot connect to http://127.0.0.1:9"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -445,10 +471,8 @@ fn unavailable_choices_fail_with_a_clear_reason() {
     for args in [
         &["bench", "--transport", "grpc"][..],
         &["bench", "--transport", "reverse"],
-        &["bench", "--runtime", "smol"],
-        &["bench", "--runtime", "async-std"],
         &["bench", "--target", "http://127.0.0.1:9"],
-        &["serve", "--grpc", "127.0.0.1:0"],
+        &["serve", "--reverse", "/tmp/none.sock"],
         &["serve"],
     ] {
         let out = agentwire().args(args).output().unwrap();
@@ -462,4 +486,104 @@ fn unavailable_choices_fail_with_a_clear_reason() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bench_runs_on_async_std_and_smol() {
+    for runtime in ["async-std", "smol"] {
+        let out = agentwire()
+            .args(["bench", "--requests", "500", "--json", "--runtime", runtime])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{runtime}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = stdout_json(&out);
+        assert_eq!(report["runtime"], runtime);
+        assert_eq!(report["requests"], 500);
+    }
+}
+
+fn probe_json(endpoint: &str, args: &[&str]) -> Value {
+    let out = agentwire()
+        .args(["probe", endpoint, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_json(&out)
+}
+
+#[test]
+fn serve_over_grpc_h2c_answers_probes() {
+    let server = Server::start_with(&["--grpc", "127.0.0.1:0"], tempfile::tempdir().unwrap());
+    let url = server.grpc.clone().expect("grpc endpoint printed");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let admin = probe_json(&url, &["--uri", "/admin"]);
+    assert_eq!(admin["decision"]["block"]["status"], 403, "{admin}");
+    assert_eq!(admin["encoding"], "protobuf");
+    let sql = probe_json(&url, &["--uri", "/q", "--body", "1;DROP table t"]);
+    assert_eq!(sql["decision"]["block"]["status"], 403, "{sql}");
+    // The Unix socket serves at the same time.
+    let uds = probe_json(server.path().to_str().unwrap(), &["--uri", "/ok"]);
+    assert_eq!(uds["decision"], "allow");
+}
+
+#[test]
+fn serve_over_grpc_tls_answers_probes_that_trust_its_ca() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "agentwire test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let file = |name: &str, pem: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (ca_pem, cert_pem, key_pem) = (
+        file("ca.pem", ca.pem()),
+        file("cert.pem", cert.pem()),
+        file("key.pem", key.serialize_pem()),
+    );
+    let server = Server::start_with(
+        &[
+            "--grpc",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert_pem,
+            "--tls-key",
+            &key_pem,
+        ],
+        dir,
+    );
+    let url = server.grpc.clone().expect("grpc endpoint printed");
+    assert!(url.starts_with("https://"), "{url}");
+    let ok = probe_json(&url, &["--uri", "/fine", "--tls-ca", &ca_pem]);
+    assert_eq!(ok["decision"], "allow", "{ok}");
+    // Without trusting the CA the probe fails, with one line.
+    let out = agentwire().args(["probe", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
 }
