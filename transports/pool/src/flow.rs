@@ -48,7 +48,6 @@ impl FlowSignal {
     }
 
     /// Requests currently waiting.
-    #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }

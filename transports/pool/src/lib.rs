@@ -661,6 +661,15 @@ impl<R: Runtime> AgentPool<R> {
             .map_or(0, |agent| agent.in_flight())
     }
 
+    /// Requests of the agent waiting for flow control (wait-and-retry mode; at most
+    /// [`PoolConfig::channel_buffer_size`]).
+    #[must_use]
+    pub fn waiting_for_flow_control(&self, agent_id: &str) -> usize {
+        self.inner
+            .agent(agent_id)
+            .map_or(0, |agent| agent.core.flow.waiting())
+    }
+
     /// The agent's failure policy (how the proxy answers when the agent cannot be asked).
     #[must_use]
     pub fn failure_policy(&self, agent_id: &str) -> Option<FailurePolicy> {
@@ -759,6 +768,9 @@ impl<R: Runtime> AgentPool<R> {
                         inner.mark_dead(&conn);
                         continue;
                     }
+                    // Leave the flow-control wait queue before the request runs: the place is
+                    // for waiting requests only.
+                    drop(wait.take());
                     return self.run(&conn, guard, permit, bound, route, event).await;
                 }
                 Pick::Unavailable { why, agent } => {

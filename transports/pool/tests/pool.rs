@@ -71,6 +71,7 @@ runtime_tests!(
     flow_control_fail_closed,
     flow_control_fail_open,
     flow_control_wait_and_retry,
+    flow_control_wait_queue_is_bounded,
     agent_health_report_steers_selection,
     agent_killed_under_load,
     circuit_opens_on_dead_agent_and_recovers,
@@ -501,6 +502,53 @@ async fn flow_control_wait_and_retry<R: Runtime>(rt: R) {
     );
     assert!(started.elapsed() >= Duration::from_millis(90));
     assert_eq!(pool.metrics().snapshot().flow_control_rejections, 1);
+    pool.shutdown().await;
+}
+
+async fn flow_control_wait_queue_is_bounded<R: Runtime>(rt: R) {
+    let d = dir();
+    let agent = ScriptedAgent::start(&rt, &d.path().join("f.sock"));
+    let config = PoolConfig {
+        flow_control: FlowControlMode::WaitAndRetry {
+            max_wait: Duration::from_secs(5),
+        },
+        channel_buffer_size: 1,
+        connections_per_agent: 2,
+        ..fast_config()
+    };
+    let pool = AgentPool::new(rt.clone(), config);
+    pool.add_agent("flow", &agent.endpoint(), AgentOptions::default())
+        .await
+        .unwrap();
+    pause_and_wait(&rt, &pool, &agent).await;
+    let waiter = pool.send_guardrail_inspect("flow", guardrail("first"));
+    let second = {
+        let (rt, pool, script) = (rt.clone(), pool.clone(), agent.script.clone());
+        async move {
+            let queued = eventually(&rt, Duration::from_secs(5), || {
+                pool.waiting_for_flow_control("flow") == 1
+            })
+            .await;
+            assert!(queued, "the first request never queued");
+            // The queue (capacity 1) is full: refused at once, not queued.
+            let started = Instant::now();
+            let refused = pool
+                .send_guardrail_inspect("flow", guardrail("second"))
+                .await;
+            assert!(
+                matches!(refused, Err(PoolError::FlowControlPaused { .. })),
+                "{refused:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(1));
+            script.set_paused(false);
+        }
+    };
+    let (first, ()) = futures_lite::future::zip(waiter, second).await;
+    assert!(
+        first.unwrap().response().is_some(),
+        "the queued request went through"
+    );
+    assert_eq!(pool.waiting_for_flow_control("flow"), 0);
     pool.shutdown().await;
 }
 
