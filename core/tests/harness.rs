@@ -756,3 +756,36 @@ fn cancel_frees_the_slot_even_when_the_agent_is_not_reading() {
         })
     ));
 }
+
+#[test]
+fn local_close_keeps_queued_frames_for_the_driver_to_flush() {
+    let mut pair = Pair::with_encodings(&[Encoding::Json], &[Encoding::Json]);
+    pair.take_proxy_events();
+    pair.proxy
+        .send_event(pair.now, &headers_event("c1"))
+        .unwrap();
+    pair.pump();
+    pair.proxy
+        .cancel(pair.now, "c1", CancelReason::ProxyShutdown)
+        .unwrap();
+    pair.proxy.close();
+    let queued = pair
+        .proxy
+        .poll_transmit()
+        .expect("the Cancel is still queued");
+    pair.agent.handle_input(pair.now, &queued);
+    assert!(matches!(
+        pair.agent.poll_event(),
+        Some(AgentEvent::Cancelled {
+            reason: CancelReason::ProxyShutdown,
+            ..
+        })
+    ));
+    // A peer failure, by contrast, drops anything unwritten.
+    let mut pair = Pair::with_encodings(&[Encoding::Json], &[Encoding::Json]);
+    pair.proxy
+        .send_event(pair.now, &headers_event("c2"))
+        .unwrap();
+    pair.proxy.handle_eof(pair.now);
+    assert!(pair.proxy.poll_transmit().is_none());
+}

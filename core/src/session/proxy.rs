@@ -565,7 +565,11 @@ impl ProxySession {
             return;
         }
         self.state = State::Closed;
-        self.out.clear();
+        // A local close keeps what is already queued (Cancels, typically) so the driver can
+        // still flush it; after a peer or protocol failure nothing more should be written.
+        if reason != CloseReason::Local {
+            self.out.clear();
+        }
         self.pending_connected = None;
         let in_flight = core::mem::take(&mut self.in_flight);
         self.deadlines.clear();

@@ -359,7 +359,7 @@ impl AgentClient {
             notices,
         });
         runtime.spawn(reader_loop(runtime.clone(), shared.clone(), reader));
-        runtime.spawn(writer_loop(shared.clone(), writer));
+        runtime.spawn(writer_loop(runtime.clone(), shared.clone(), writer));
         shared.writer_wake.notify();
         let client = AgentClient {
             handle: Arc::new(Handle {
@@ -416,7 +416,7 @@ impl AgentClient {
         };
         shared.deliver(notices);
         runtime.spawn(reader_loop(runtime.clone(), shared.clone(), reader));
-        runtime.spawn(writer_loop(shared.clone(), writer));
+        runtime.spawn(writer_loop(runtime.clone(), shared.clone(), writer));
         AgentClient {
             handle: Arc::new(Handle { shared }),
         }
@@ -731,11 +731,31 @@ async fn reader_loop<R: Runtime>(runtime: R, shared: Arc<Shared>, mut reader: Bo
     }
 }
 
-async fn writer_loop(shared: Arc<Shared>, mut writer: BoxWriter) {
+/// How long a locally closed connection may spend flushing frames queued before the close.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+async fn writer_loop<R: Runtime>(runtime: R, shared: Arc<Shared>, mut writer: BoxWriter) {
     let result = write_until_closed(&mut writer, &shared.writer_wake, &shared.closed, || {
         shared.lock().session.poll_transmit()
     })
     .await;
+    if let Ok(rest) = &result {
+        // After a local close the session keeps what was queued (Cancels sent just before
+        // closing); deliver it, bounded, so a peer that stopped reading cannot pin the task.
+        let rest = rest.clone();
+        let flush = async {
+            if let Some(bytes) = rest {
+                writer.write_all(&bytes).await?;
+            }
+            loop {
+                let pending = shared.lock().session.poll_transmit();
+                let Some(bytes) = pending else { break };
+                writer.write_all(&bytes).await?;
+            }
+            writer.flush().await
+        };
+        let _ = timeout(&runtime, CLOSE_FLUSH, flush).await;
+    }
     if result.is_err() {
         let mut inner = shared.lock();
         inner.session.handle_eof(core_now());
