@@ -14,6 +14,11 @@ use agentwire_core::message::{
     BodyChunk, Decision, Encoding, Headers, RequestHeaders, RequestMetadata,
 };
 use agentwire_core::sync::{Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use agentwire_grpc::{GrpcServer, GrpcServerConfig};
+use agentwire_reverse::{
+    ConnectorConfig, Registrations, ReverseConnector, ReverseEndpoint, ReverseListener,
+    ReverseListenerConfig,
+};
 use agentwire_runtime::Runtime;
 use agentwire_runtime::server::Shutdown;
 use agentwire_uds::{UdsServer, UdsServerConfig};
@@ -68,6 +73,8 @@ pub struct BenchConfig {
     pub request_timeout: Duration,
     /// Show a progress bar on stderr (only if stderr is a terminal).
     pub progress: bool,
+    /// Certificate authorities (PEM) trusted for an `https://` target.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for BenchConfig {
@@ -83,6 +90,7 @@ impl Default for BenchConfig {
             chunk_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(10),
             progress: false,
+            tls_ca: None,
         }
     }
 }
@@ -249,61 +257,158 @@ fn validate(config: &BenchConfig) -> Result<(), CliError> {
 struct Embedded {
     shutdown: Shutdown,
     done: oneshot::Receiver<()>,
-    path: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Where the agent listens; for reverse connections, where the proxy side listens.
+    endpoint: Endpoint,
+    /// Reverse connections: the agent's registered connections, as the proxy receives them.
+    registrations: Option<Registrations>,
+    _dir: Option<tempfile::TempDir>,
 }
 
-fn start_embedded<R: Runtime>(runtime: &R, transport: TransportKind) -> Result<Embedded, CliError> {
-    match transport {
-        TransportKind::Uds => {}
-        other => return Err(other.unavailable()),
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("agentwire-bench-")
-        .tempdir()
-        .map_err(|e| CliError::new(format!("cannot create a temporary directory: {e}")))?;
-    let path = dir.path().join("agent.sock");
-    let agent = DemoAgent::default();
-    let config = UdsServerConfig {
-        serve: agent.serve_config(),
-        ..UdsServerConfig::default()
-    };
-    let server = UdsServer::bind(runtime.clone(), &path, config).map_err(|e| {
-        CliError::new(format!(
-            "cannot bind the demo agent at {}: {e}",
-            path.display()
-        ))
-    })?;
+async fn start_embedded<R: Runtime>(
+    runtime: &R,
+    config: &BenchConfig,
+    transport: TransportKind,
+) -> Result<Embedded, CliError> {
+    let agent = std::sync::Arc::new(DemoAgent::default());
     let shutdown = Shutdown::new();
     let (tx, done) = oneshot::channel();
     let stop = shutdown.clone();
-    runtime.spawn(async move {
-        if let Err(e) = server.serve(std::sync::Arc::new(agent), stop).await {
-            tracing::warn!(error = %e, "embedded agent stopped");
+    match transport {
+        TransportKind::Uds => {
+            let dir = tempdir()?;
+            let path = dir.path().join("agent.sock");
+            let uds_config = UdsServerConfig {
+                serve: agent.serve_config(),
+                ..UdsServerConfig::default()
+            };
+            let server = UdsServer::bind(runtime.clone(), &path, uds_config).map_err(|e| {
+                CliError::new(format!(
+                    "cannot bind the demo agent at {}: {e}",
+                    path.display()
+                ))
+            })?;
+            runtime.spawn(async move {
+                if let Err(e) = server.serve(agent, stop).await {
+                    tracing::warn!(error = %e, "embedded agent stopped");
+                }
+                let _ = tx.send(());
+            });
+            Ok(Embedded {
+                shutdown,
+                done,
+                endpoint: Endpoint::Uds(path),
+                registrations: None,
+                _dir: Some(dir),
+            })
         }
-        let _ = tx.send(());
-    });
-    Ok(Embedded {
-        shutdown,
-        done,
-        path,
-        _dir: dir,
-    })
+        TransportKind::Grpc => {
+            require_tokio(config)?;
+            let grpc_config = GrpcServerConfig {
+                capabilities: agent.capabilities(),
+                max_concurrent_per_stream: 1024,
+                ..GrpcServerConfig::default()
+            };
+            let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let server = GrpcServer::bind(localhost, agent, grpc_config)
+                .await
+                .map_err(|e| CliError::new(format!("cannot bind the demo agent: {e}")))?;
+            let endpoint = Endpoint::Grpc(format!("http://{}", server.local_addr()));
+            runtime.spawn(async move {
+                if let Err(e) = server.serve(stop).await {
+                    tracing::warn!(error = %e, "embedded agent stopped");
+                }
+                let _ = tx.send(());
+            });
+            Ok(Embedded {
+                shutdown,
+                done,
+                endpoint,
+                registrations: None,
+                _dir: None,
+            })
+        }
+        TransportKind::Reverse => {
+            // The proxy side listens; the demo agent dials it and registers `connections`
+            // connections, which the pool then uses as it would any other.
+            let dir = tempdir()?;
+            let path = dir.path().join("proxy.sock");
+            let mut client = agentwire_runtime::client::ClientConfig::default();
+            client.session.request_timeout = config.request_timeout;
+            client.session.max_in_flight = config.concurrency.max(1024);
+            let listener_config = ReverseListenerConfig {
+                encodings: vec![config.encoding.into()],
+                max_connections_per_agent: config.connections,
+                client,
+                ..ReverseListenerConfig::default()
+            };
+            let listener = ReverseListener::bind_unix(runtime.clone(), &path, listener_config)
+                .map_err(|e| CliError::new(format!("cannot listen at {}: {e}", path.display())))?;
+            let (accept, registrations) = listener.serve(shutdown.clone());
+            runtime.spawn(async move {
+                if let Err(e) = accept.await {
+                    tracing::warn!(error = %e, "reverse listener stopped");
+                }
+            });
+            let mut connector_config = ConnectorConfig::new(crate::demo::DEFAULT_AGENT_ID);
+            connector_config.capabilities = agent.capabilities();
+            connector_config.connections = config.connections;
+            connector_config.serve = agent.serve_config();
+            let connector = ReverseConnector::new(
+                runtime.clone(),
+                ReverseEndpoint::Unix(path.clone()),
+                connector_config,
+            );
+            runtime.spawn(async move {
+                connector.run(agent, stop).await;
+                let _ = tx.send(());
+            });
+            Ok(Embedded {
+                shutdown,
+                done,
+                endpoint: Endpoint::Uds(path),
+                registrations: Some(registrations),
+                _dir: Some(dir),
+            })
+        }
+    }
+}
+
+fn tempdir() -> Result<tempfile::TempDir, CliError> {
+    tempfile::Builder::new()
+        .prefix("agentwire-bench-")
+        .tempdir()
+        .map_err(|e| CliError::new(format!("cannot create a temporary directory: {e}")))
+}
+
+/// gRPC (tonic) runs on tokio only.
+fn require_tokio(config: &BenchConfig) -> Result<(), CliError> {
+    if config.runtime == RuntimeKind::Tokio {
+        Ok(())
+    } else {
+        Err(CliError::new(format!(
+            "the grpc transport runs on tokio only, not on {}",
+            config.runtime.name()
+        )))
+    }
 }
 
 /// Runs a benchmark on `runtime` (which must be able to spawn from here).
 pub async fn run_on<R: Runtime>(runtime: R, config: &BenchConfig) -> Result<Report, CliError> {
     validate(config)?;
-    let (embedded, endpoint, transport) = match &config.target {
+    let (mut embedded, endpoint, transport) = match &config.target {
         Target::Embedded(t) => {
-            let e = start_embedded(&runtime, *t)?;
-            let endpoint = Endpoint::Uds(e.path.clone());
+            let e = start_embedded(&runtime, config, *t).await?;
+            let endpoint = e.endpoint.clone();
             (Some(e), endpoint, t.name())
         }
         Target::External(endpoint @ Endpoint::Uds(_)) => (None, endpoint.clone(), "uds (external)"),
-        Target::External(Endpoint::Grpc(_)) => return Err(TransportKind::Grpc.unavailable()),
+        Target::External(endpoint @ Endpoint::Grpc(_)) => {
+            require_tokio(config)?;
+            (None, endpoint.clone(), "grpc (external)")
+        }
     };
-    let result = drive(runtime.clone(), config, &endpoint, transport).await;
+    let registrations = embedded.as_mut().and_then(|e| e.registrations.take());
+    let result = drive(runtime.clone(), config, &endpoint, registrations, transport).await;
     if let Some(e) = embedded {
         e.shutdown.trigger();
         let _ = agentwire_runtime::timeout(&runtime, Duration::from_secs(15), e.done).await;
@@ -315,6 +420,7 @@ async fn drive<R: Runtime>(
     runtime: R,
     config: &BenchConfig,
     endpoint: &Endpoint,
+    registrations: Option<Registrations>,
     transport: &str,
 ) -> Result<Report, CliError> {
     let settings = PoolSettings {
@@ -323,21 +429,21 @@ async fn drive<R: Runtime>(
         request_timeout: config.request_timeout,
         connect_timeout: Duration::from_secs(5),
         encoding: config.encoding.into(),
+        tls_ca: config.tls_ca.clone(),
     };
-    let (backend, encoding) = Pool::connect(runtime.clone(), endpoint, &settings).await?;
+    let (backend, encoding) = match registrations {
+        Some(r) => Pool::attach(runtime.clone(), r, &settings).await?,
+        None => Pool::connect(runtime.clone(), endpoint, &settings).await?,
+    };
     let backend = Arc::new(backend);
     let result = load(runtime.clone(), config, backend.clone()).await;
     backend.shutdown().await;
     let mut report = result?;
     report.transport = transport.to_owned();
-    report.encoding = if encoding == Encoding::from(config.encoding) {
-        encoding.as_str().to_owned()
-    } else {
-        format!(
-            "{} (asked for {})",
-            encoding.as_str(),
-            config.encoding.name()
-        )
+    report.encoding = match encoding {
+        Some(e) if e == Encoding::from(config.encoding) => e.as_str().to_owned(),
+        Some(e) => format!("{} (asked for {})", e.as_str(), config.encoding.name()),
+        None => "protobuf".to_owned(),
     };
     Ok(report)
 }

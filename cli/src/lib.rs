@@ -110,20 +110,6 @@ impl TransportKind {
             TransportKind::Reverse => "reverse",
         }
     }
-
-    /// The error for a transport this build does not include.
-    #[must_use]
-    pub fn unavailable(self) -> CliError {
-        let krate = match self {
-            TransportKind::Uds => "agentwire-uds",
-            TransportKind::Grpc => "agentwire-grpc",
-            TransportKind::Reverse => "agentwire-reverse",
-        };
-        CliError::new(format!(
-            "the {} transport is not yet available in this build ({krate} has not landed)",
-            self.name()
-        ))
-    }
 }
 
 /// An async runtime agentwire runs on.

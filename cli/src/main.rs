@@ -48,8 +48,9 @@ enum Command {
     Bench(BenchArgs),
     /// Run the demo agent (see `agentwire serve --help` for its rules)
     #[command(
-        long_about = "Run the demo agent on a Unix socket (--uds) and/or over gRPC \
-        (--grpc, h2c or TLS) until Ctrl-C or SIGTERM; on shutdown it stops accepting, lets \
+        long_about = "Run the demo agent on a Unix socket (--uds), over gRPC (--grpc, h2c or \
+        TLS) and/or over reverse connections it opens to a proxy (--reverse), in any \
+        combination, until Ctrl-C or SIGTERM; on shutdown it stops accepting, lets \
         requests in flight finish (within --drain-timeout) and exits.\n\n\
         Rules of the demo agent:\n  \
         - request path (URI up to '?') starting with /admin   -> block 403\n  \
@@ -95,7 +96,7 @@ struct BenchArgs {
     /// Async runtime to run on
     #[arg(long, value_enum, default_value = "tokio")]
     runtime: RuntimeKind,
-    /// Encoding to offer the agent (the only one offered)
+    /// Encoding to offer the agent (the only one offered; gRPC always uses protobuf)
     #[arg(long, value_enum, default_value = "postcard")]
     encoding: WireEncoding,
     /// Agent connections
@@ -120,6 +121,9 @@ struct BenchArgs {
     /// Deadline of each event
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     timeout: Duration,
+    /// Certificate authorities (PEM) to trust for an https:// --target
+    #[arg(long, value_name = "PEM", requires = "target")]
+    tls_ca: Option<PathBuf>,
     /// Print one JSON object (on the last line) instead of the table; no progress bar
     #[arg(long)]
     json: bool,
@@ -144,7 +148,8 @@ struct ServeArgs {
     /// Require gRPC clients to present a certificate signed by these authorities (PEM): mTLS
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// Dial a proxy's reverse-connection socket (needs agentwire-reverse)
+    /// Dial a proxy's reverse-connection listener and serve over the connections it opens:
+    /// a Unix socket path or tcp://IP:PORT (needs --agent-id the proxy allows)
     #[arg(long, value_name = "ENDPOINT")]
     reverse: Option<String>,
     /// The agent's id, announced in the handshake and set as x-agentwire-agent
@@ -153,6 +158,9 @@ struct ServeArgs {
     /// Token presented when registering over --reverse
     #[arg(long, value_name = "T", requires = "reverse")]
     token: Option<String>,
+    /// Reverse connections to keep open
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "reverse")]
+    reverse_connections: usize,
     /// Permission bits of the Unix socket, octal
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
@@ -248,6 +256,7 @@ fn bench(args: BenchArgs) -> Result<ExitCode, CliError> {
         chunk_bytes: args.chunk_bytes,
         request_timeout: args.timeout,
         progress: !args.json,
+        tls_ca: args.tls_ca,
     };
     let report = agentwire_cli::bench::run(&config)?;
     if args.json {
@@ -274,6 +283,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode, CliError> {
         reverse: args.reverse,
         agent_id: args.agent_id,
         token: args.token,
+        reverse_connections: args.reverse_connections,
         socket_mode: args.socket_mode,
         drain_timeout: args.drain_timeout,
     })?;

@@ -2,9 +2,10 @@
 //! until Ctrl-C or SIGTERM, then stops accepting, lets requests in flight finish (within the
 //! drain timeout) and exits.
 
+use crate::CliError;
 use crate::demo::DemoAgent;
-use crate::{CliError, TransportKind};
 use agentwire_grpc::{GrpcServer, GrpcServerConfig, ServerTls, TlsIdentity};
+use agentwire_reverse::{ConnectorConfig, ReverseConnector, ReverseEndpoint};
 use agentwire_runtime::server::Shutdown;
 use agentwire_tokio::{UdsServer, UdsServerConfig};
 use std::net::SocketAddr;
@@ -32,12 +33,15 @@ pub struct ServeConfig {
     pub grpc: Option<SocketAddr>,
     /// Serve gRPC over TLS with these files (otherwise h2c).
     pub tls: Option<TlsFiles>,
-    /// Dial this proxy's reverse-connection socket.
+    /// Dial this proxy's reverse-connection listener (`tcp://IP:PORT` or a Unix socket
+    /// path) and serve the connections it opens.
     pub reverse: Option<String>,
     /// The agent's id (also the value of the `x-agentwire-agent` header it sets).
     pub agent_id: String,
     /// Token presented when registering over a reverse connection.
     pub token: Option<String>,
+    /// Reverse connections to keep open.
+    pub reverse_connections: usize,
     /// Permission bits of the Unix socket.
     pub socket_mode: u32,
     /// How long requests in flight may take to finish on shutdown.
@@ -53,6 +57,7 @@ impl Default for ServeConfig {
             reverse: None,
             agent_id: crate::demo::DEFAULT_AGENT_ID.into(),
             token: None,
+            reverse_connections: 1,
             socket_mode: 0o600,
             drain_timeout: Duration::from_secs(10),
         }
@@ -60,22 +65,40 @@ impl Default for ServeConfig {
 }
 
 /// Serves until a termination signal, then drains. Prints one line per listener on stdout
-/// (`uds PATH`, `grpc http://ADDR` or `grpc https://ADDR`) once it accepts connections.
+/// (`uds PATH`, `grpc http://ADDR` or `grpc https://ADDR`, `reverse ENDPOINT`) once it
+/// accepts connections (or, for reverse connections, starts dialling).
 pub fn run(config: &ServeConfig) -> Result<(), CliError> {
     if config.uds.is_none() && config.grpc.is_none() && config.reverse.is_none() {
         return Err(CliError::new(
             "nothing to serve: give --uds PATH, --grpc ADDR and/or --reverse ENDPOINT",
         ));
     }
-    if config.reverse.is_some() {
-        return Err(TransportKind::Reverse.unavailable());
-    }
+    let reverse = config
+        .reverse
+        .as_deref()
+        .map(reverse_endpoint)
+        .transpose()?;
     let tls = config.tls.as_ref().map(read_tls).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::new(format!("cannot start the tokio runtime: {e}")))?;
-    rt.block_on(serve(config, tls))
+    rt.block_on(serve(config, tls, reverse))
+}
+
+/// Reads a reverse-connection endpoint: `tcp://HOST:PORT`, or a Unix socket path (`unix:`
+/// prefix accepted).
+pub fn reverse_endpoint(text: &str) -> Result<ReverseEndpoint, CliError> {
+    if let Some(addr) = text.strip_prefix("tcp://") {
+        return addr.parse().map(ReverseEndpoint::Tcp).map_err(|e| {
+            CliError::new(format!(
+                "bad reverse endpoint {text:?}: {e} (expected tcp://IP:PORT)"
+            ))
+        });
+    }
+    Ok(ReverseEndpoint::Unix(PathBuf::from(
+        text.strip_prefix("unix:").unwrap_or(text),
+    )))
 }
 
 fn read_tls(files: &TlsFiles) -> Result<ServerTls, CliError> {
@@ -91,7 +114,11 @@ fn read_tls(files: &TlsFiles) -> Result<ServerTls, CliError> {
 
 type Task = tokio::task::JoinHandle<Result<(), String>>;
 
-async fn serve(config: &ServeConfig, tls: Option<ServerTls>) -> Result<(), CliError> {
+async fn serve(
+    config: &ServeConfig,
+    tls: Option<ServerTls>,
+    reverse: Option<ReverseEndpoint>,
+) -> Result<(), CliError> {
     let agent = Arc::new(DemoAgent::new(config.agent_id.clone()));
     let shutdown = Shutdown::new();
     let mut servers: Vec<Task> = Vec::new();
@@ -131,6 +158,25 @@ async fn serve(config: &ServeConfig, tls: Option<ServerTls>) -> Result<(), CliEr
         let stop = shutdown.clone();
         servers.push(tokio::spawn(async move {
             server.serve(stop).await.map_err(|e| e.to_string())
+        }));
+    }
+    if let Some(endpoint) = reverse {
+        let mut connector_config = ConnectorConfig::new(config.agent_id.clone());
+        connector_config.auth_token.clone_from(&config.token);
+        connector_config.capabilities = agent.capabilities();
+        connector_config.connections = config.reverse_connections.max(1);
+        connector_config.serve = agentwire_runtime::server::ServeConfig {
+            drain_timeout: config.drain_timeout,
+            ..agent.serve_config()
+        };
+        tracing::info!(?endpoint, agent_id = %config.agent_id, "dialling the proxy (reverse connections)");
+        println!("reverse {}", config.reverse.as_deref().unwrap_or_default());
+        let connector =
+            ReverseConnector::new(agentwire_tokio::runtime(), endpoint, connector_config);
+        let (agent, stop) = (agent.clone(), shutdown.clone());
+        servers.push(tokio::spawn(async move {
+            connector.run(agent, stop).await;
+            Ok(())
         }));
     }
     let signal = wait_for_signal().await;

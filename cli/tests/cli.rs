@@ -467,12 +467,18 @@ fn bench_against_an_external_agent() {
 }
 
 #[test]
-fn unavailable_choices_fail_with_a_clear_reason() {
+fn impossible_choices_fail_with_a_clear_reason() {
     for args in [
-        &["bench", "--transport", "grpc"][..],
-        &["bench", "--transport", "reverse"],
-        &["bench", "--target", "http://127.0.0.1:9"],
-        &["serve", "--reverse", "/tmp/none.sock"],
+        &["bench", "--transport", "grpc", "--runtime", "smol"][..],
+        &[
+            "bench",
+            "--target",
+            "http://127.0.0.1:9",
+            "--runtime",
+            "async-std",
+        ],
+        &["bench", "--target", "http://127.0.0.1:9", "--requests", "1"],
+        &["serve", "--reverse", "tcp://not-an-address"],
         &["serve"],
     ] {
         let out = agentwire().args(args).output().unwrap();
@@ -586,4 +592,130 @@ fn serve_over_grpc_tls_answers_probes_that_trust_its_ca() {
             .count(),
         1
     );
+}
+
+#[test]
+fn bench_over_embedded_grpc_and_reverse_connections() {
+    for transport in ["grpc", "reverse"] {
+        let out = agentwire()
+            .args([
+                "bench",
+                "--requests",
+                "400",
+                "--json",
+                "--transport",
+                transport,
+            ])
+            .args(["--body-bytes", "3000", "--chunk-bytes", "1000"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = stdout_json(&out);
+        assert_eq!(report["transport"], transport);
+        assert_eq!(report["requests"], 400, "{report}");
+        assert_eq!(report["decisions"], 1600, "{report}");
+    }
+}
+
+#[test]
+fn bench_against_an_external_grpc_agent() {
+    let server = Server::start_with(&["--grpc", "127.0.0.1:0"], tempfile::tempdir().unwrap());
+    let url = server.grpc.clone().unwrap();
+    let out = agentwire()
+        .args(["bench", "--requests", "300", "--json", "--target", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = stdout_json(&out);
+    assert_eq!(report["requests"], 300);
+    assert_eq!(report["encoding"], "protobuf");
+}
+
+#[test]
+fn serve_over_reverse_connections_registers_and_answers() {
+    use agentwire_core::message::{Decision, RequestHeaders};
+    use agentwire_reverse::{Auth, ReverseListener, ReverseListenerConfig};
+    use agentwire_runtime::server::Shutdown;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.sock");
+    let shutdown = Shutdown::new();
+    let mut registrations = rt.block_on(async {
+        let config = ReverseListenerConfig {
+            auth: Auth::tokens(["t0ken"]),
+            ..ReverseListenerConfig::default()
+        };
+        let listener = ReverseListener::bind_unix(agentwire_tokio::runtime(), &path, config)
+            .expect("listener binds");
+        let (accept, registrations) = listener.serve(shutdown.clone());
+        tokio::spawn(accept);
+        registrations
+    });
+    let uds = dir.path().join("agent.sock");
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("agentwire"))
+        .args([
+            "serve",
+            "--agent-id",
+            "rev-agent",
+            "--token",
+            "t0ken",
+            "--reverse",
+        ])
+        .arg(&path)
+        .arg("--uds")
+        .arg(&uds)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(child);
+    rt.block_on(async {
+        let agent = tokio::time::timeout(Duration::from_secs(30), registrations.recv())
+            .await
+            .expect("the agent registers in time")
+            .expect("a registration");
+        assert_eq!(agent.agent_id, "rev-agent");
+        let mut request = RequestHeaders {
+            method: "GET".into(),
+            uri: "/admin/panel".into(),
+            ..Default::default()
+        };
+        request.metadata.correlation_id = "rev-1".into();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            agent.client.send_request_headers(request),
+        )
+        .await
+        .expect("answered in time")
+        .expect("answered");
+        assert!(matches!(
+            answer.decision,
+            Decision::Block { status: 403, .. }
+        ));
+    });
+    shutdown.trigger();
+    let _ = guard.0.kill();
+}
+
+/// Kills the child when dropped (the test failed or finished).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
