@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod gateway;
+
 /// Tools for the Zentinel agent protocol v2, built on agentwire.
 #[derive(Debug, Parser)]
 #[command(
@@ -62,6 +64,8 @@ enum Command {
         Paths are matched literally (no decoding or normalisation): it is a demonstration."
     )]
     Serve(ServeArgs),
+    /// Run a Pingora reverse proxy that asks agents about every request (agentwire-pingora)
+    Gateway(gateway::GatewayArgs),
     /// Connect to an agent, show the handshake and the decision on one request
     #[command(
         long_about = "Connect to an agent, print the negotiated protocol version, \
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench(args),
         Command::Serve(args) => serve(args),
+        Command::Gateway(args) => gateway::run(args),
         Command::Probe(args) => probe(args),
         Command::Conform(args) => conform(args),
     };
