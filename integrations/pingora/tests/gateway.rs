@@ -2,7 +2,7 @@
 //! the demo agent (and test agents) over Unix sockets in a temporary directory.
 
 use agentwire_cli::demo::DemoAgent;
-use agentwire_core::message::{AgentResponse, RequestHeaders};
+use agentwire_core::message::{AgentResponse, BodyChunk, RequestHeaders};
 use agentwire_pingora::gateway::{GatewayStop, serve};
 use agentwire_pingora::{AgentGateway, CallMode, GatewayAgent, GatewayConfig, Route};
 use agentwire_pool::{AgentOptions, AgentPool, FailurePolicy, PoolConfig};
@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -44,12 +45,37 @@ impl AgentHandler for SlowAgent {
     }
 }
 
+/// Agent that keeps asking for more body (`needs_more`) until the last chunk, where it
+/// blocks with 403 (`block_last`) or allows; with `forever` it never stops asking.
+struct HoldAgent {
+    block_last: bool,
+    forever: bool,
+}
+
+impl AgentHandler for HoldAgent {
+    async fn on_request_body_chunk(&self, event: BodyChunk) -> AgentResponse {
+        if event.is_last && !self.forever {
+            if self.block_last {
+                AgentResponse::block(403)
+            } else {
+                AgentResponse::allow()
+            }
+        } else {
+            let mut r = AgentResponse::allow();
+            r.needs_more = true;
+            r
+        }
+    }
+}
+
 /// The test's world: a tokio runtime with the upstream and the agents, a temp dir for the
 /// sockets, the pool, and a Pingora gateway on its own thread.
 struct World {
     rt: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
     upstream: SocketAddr,
+    /// Request body bytes the upstream has received so far.
+    upstream_body_bytes: Arc<AtomicUsize>,
     pool: AgentPool<TokioRuntime>,
     agents_stop: Shutdown,
     gateway: Option<(SocketAddr, GatewayStop, thread::JoinHandle<()>)>,
@@ -63,7 +89,8 @@ impl World {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let upstream = rt.block_on(start_upstream());
+        let upstream_body_bytes = Arc::new(AtomicUsize::new(0));
+        let upstream = rt.block_on(start_upstream(upstream_body_bytes.clone()));
         let pool = rt.block_on(async {
             AgentPool::new(
                 TokioRuntime::current(),
@@ -77,6 +104,7 @@ impl World {
             rt,
             dir,
             upstream,
+            upstream_body_bytes,
             pool,
             agents_stop: Shutdown::new(),
             gateway: None,
@@ -149,23 +177,26 @@ impl Drop for World {
 
 /// A tiny HTTP/1.1 upstream: answers 200 with the request head it received as the body, then
 /// `body-bytes: N`. Keep-alive; reads Content-Length and chunked bodies.
-async fn start_upstream() -> SocketAddr {
+async fn start_upstream(seen: Arc<AtomicUsize>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
-                    let Some(head_end) = read_until(&mut stream, &mut buf, b"\r\n\r\n").await
+                    let Some(head_end) = read_until(&mut stream, &mut buf, b"\r\n\r\n", None).await
                     else {
                         return;
                     };
                     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
                     buf.drain(..head_end + 4);
+                    seen.fetch_add(buf.len(), Ordering::SeqCst);
                     let lower = head.to_ascii_lowercase();
                     let body_len = if lower.contains("transfer-encoding: chunked") {
-                        let Some(end) = read_until(&mut stream, &mut buf, b"0\r\n\r\n").await
+                        let Some(end) =
+                            read_until(&mut stream, &mut buf, b"0\r\n\r\n", Some(&seen)).await
                         else {
                             return;
                         };
@@ -207,6 +238,7 @@ async fn read_until(
     stream: &mut tokio::net::TcpStream,
     buf: &mut Vec<u8>,
     needle: &[u8],
+    seen: Option<&AtomicUsize>,
 ) -> Option<usize> {
     loop {
         if let Some(pos) = buf.windows(needle.len()).position(|w| w == needle) {
@@ -218,7 +250,12 @@ async fn read_until(
         let mut chunk = [0u8; 4096];
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                if let Some(seen) = seen {
+                    seen.fetch_add(n, Ordering::SeqCst);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
         }
     }
 }
@@ -446,5 +483,82 @@ fn agent_slower_than_its_timeout_fail_closed() {
             "{:?}",
             started.elapsed()
         );
+    });
+}
+
+#[test]
+fn body_limit_per_agent_stops_inspection() {
+    with_timeout(60, || {
+        let mut world = World::new();
+        world.agent("demo", DemoAgent::new("demo"), AgentOptions::default());
+        let addr = world.start(
+            Route::new("/", CallMode::Sequential)
+                .agent(GatewayAgent::new("demo").max_body_bytes(16)),
+        );
+        // The pattern lies beyond the agent's 16 bytes: it is not seen, the request passes.
+        let r = chunked_post(addr, &["0123456789abcdef", "x; DROP TABLE users"]);
+        assert_eq!(r.status, 200, "{r:?}");
+        // Within the limit it is seen.
+        let r = chunked_post(addr, &["DROP TABLE"]);
+        assert_eq!(r.status, 403, "{r:?}");
+    });
+}
+
+#[test]
+fn needs_more_holds_the_body_back_until_the_agent_is_final() {
+    with_timeout(60, || {
+        let mut world = World::new();
+        let hold = HoldAgent {
+            block_last: true,
+            forever: false,
+        };
+        world.agent("hold", hold, AgentOptions::default());
+        let addr =
+            world.start(Route::new("/", CallMode::Sequential).agent(GatewayAgent::new("hold")));
+        // Chunk 1 is answered "needs more": it must not reach the upstream; the final answer
+        // on the last chunk blocks, so no body byte ever does.
+        let r = chunked_post(addr, &["first part;", "second part"]);
+        assert_eq!(r.status, 403, "{r:?}");
+        assert_eq!(world.upstream_body_bytes.load(Ordering::SeqCst), 0);
+    });
+}
+
+#[test]
+fn needs_more_then_allow_forwards_the_whole_body() {
+    with_timeout(60, || {
+        let mut world = World::new();
+        let hold = HoldAgent {
+            block_last: false,
+            forever: false,
+        };
+        world.agent("hold", hold, AgentOptions::default());
+        let addr =
+            world.start(Route::new("/", CallMode::Sequential).agent(GatewayAgent::new("hold")));
+        let r = chunked_post(addr, &["first part;", "second part"]);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains("body-bytes: "), "{r:?}");
+        assert!(world.upstream_body_bytes.load(Ordering::SeqCst) >= 22);
+    });
+}
+
+#[test]
+fn needs_more_past_the_body_limit_applies_the_failure_policy() {
+    with_timeout(60, || {
+        let mut world = World::new();
+        let hold = HoldAgent {
+            block_last: false,
+            forever: true,
+        };
+        let options = AgentOptions {
+            failure_policy: FailurePolicy::FailClosed { status: 413 },
+            ..AgentOptions::default()
+        };
+        world.agent("hold", hold, options);
+        let addr = world.start(
+            Route::new("/", CallMode::Sequential)
+                .agent(GatewayAgent::new("hold").max_body_bytes(4)),
+        );
+        let r = chunked_post(addr, &["more than four bytes"]);
+        assert_eq!(r.status, 413, "{r:?}");
     });
 }
