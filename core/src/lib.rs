@@ -16,6 +16,7 @@
 //! | `postcard` | the postcard encoding (agentwire peers only, negotiated by our own key) |
 //! | `msgpack` | MessagePack (needs `std`, as `rmp-serde` does) |
 //! | `std` | `std::error::Error` integration, the pool's atomic logic and metrics |
+//! | `fuzzing` | the `fuzzing` module: the bodies of the cargo-fuzz targets, with their invariants |
 //!
 //! ## The drain rule
 //!
@@ -64,6 +65,8 @@ extern crate std;
 #[cfg(feature = "alloc")]
 pub mod encoding;
 pub mod frame;
+#[cfg(all(feature = "fuzzing", not(loom)))]
+pub mod fuzzing;
 #[cfg(feature = "alloc")]
 pub mod message;
 #[cfg(feature = "std")]
