@@ -602,23 +602,29 @@ impl ProxySession {
             }
             (_, MessageType::AgentResponse) => self.handle_response(&frame.payload),
             (State::Ready, MessageType::Pong) => self.handle_pong(now, &frame.payload),
-            (State::Ready, MessageType::FlowControl) => {
+            // Agent-initiated control frames are valid as soon as the handshake is accepted,
+            // not only once the configuration is: an agent may report health right after the
+            // handshake, and automatic flow control with `max_concurrency: 1` pauses on the
+            // Configure event itself, before acknowledging it. (Closing here broke every
+            // agentwire agent of concurrency 1 behind a configuring proxy; fuzz target
+            // `handshake`.)
+            (State::Ready | State::Configuring { .. }, MessageType::FlowControl) => {
                 if let Some(signal) = self.decode_control::<FlowControlSignal>(&frame) {
                     self.apply_flow_control(&signal);
                     self.events.push_back(ProxyEvent::FlowControl(signal));
                 }
             }
-            (State::Ready, MessageType::HealthStatus) => {
+            (State::Ready | State::Configuring { .. }, MessageType::HealthStatus) => {
                 if let Some(h) = self.decode_control(&frame) {
                     self.events.push_back(ProxyEvent::Health(h));
                 }
             }
-            (State::Ready, MessageType::MetricsReport) => {
+            (State::Ready | State::Configuring { .. }, MessageType::MetricsReport) => {
                 if let Some(m) = self.decode_control(&frame) {
                     self.events.push_back(ProxyEvent::Metrics(m));
                 }
             }
-            (State::Ready, MessageType::ConfigUpdateRequest) => {
+            (State::Ready | State::Configuring { .. }, MessageType::ConfigUpdateRequest) => {
                 if let Some(c) = self.decode_control(&frame) {
                     self.events.push_back(ProxyEvent::ConfigUpdate(c));
                 }
