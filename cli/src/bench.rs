@@ -888,7 +888,15 @@ mod tests {
             encoding: WireEncoding::Msgpack,
             ..BenchConfig::default()
         };
-        let report = run(&config).expect("bench runs");
+        // Bounded: a hang fails the test instead of stalling the suite.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(run(&config));
+        });
+        let report = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("bench finished within 60 s")
+            .expect("bench runs");
         assert_eq!(report.requests, 300, "{report:?}");
         assert_eq!(report.decisions, 300 * 4, "headers + 3 chunks each");
         assert_eq!(report.error_count(), 0);

@@ -134,7 +134,7 @@ async fn serve(
         let server = UdsServer::bind(agentwire_tokio::runtime(), path, server_config)
             .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", path.display())))?;
         tracing::info!(path = %path.display(), agent_id = %config.agent_id, "serving the demo agent on a Unix socket");
-        println!("uds {}", path.display());
+        announce(&format!("uds {}", path.display()));
         let (agent, stop) = (agent.clone(), shutdown.clone());
         servers.push(tokio::spawn(async move {
             server.serve(agent, stop).await.map_err(|e| e.to_string())
@@ -154,7 +154,7 @@ async fn serve(
             .map_err(|e| CliError::new(format!("cannot listen on {addr}: {e}")))?;
         let bound = server.local_addr();
         tracing::info!(%bound, agent_id = %config.agent_id, tls = scheme == "https", "serving the demo agent over gRPC");
-        println!("grpc {scheme}://{bound}");
+        announce(&format!("grpc {scheme}://{bound}"));
         let stop = shutdown.clone();
         servers.push(tokio::spawn(async move {
             server.serve(stop).await.map_err(|e| e.to_string())
@@ -170,7 +170,10 @@ async fn serve(
             ..agent.serve_config()
         };
         tracing::info!(?endpoint, agent_id = %config.agent_id, "dialling the proxy (reverse connections)");
-        println!("reverse {}", config.reverse.as_deref().unwrap_or_default());
+        announce(&format!(
+            "reverse {}",
+            config.reverse.as_deref().unwrap_or_default()
+        ));
         let connector =
             ReverseConnector::new(agentwire_tokio::runtime(), endpoint, connector_config);
         let (agent, stop) = (agent.clone(), shutdown.clone());
@@ -193,6 +196,14 @@ async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Prints a listener line on stdout; a closed stdout is not a reason to stop serving.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM, naming which.

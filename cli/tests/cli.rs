@@ -155,9 +155,20 @@ fn probe_of_something_that_is_not_an_agent_fails_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("http.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
     let fake = std::thread::spawn(move || {
         use std::io::{Read, Write};
-        let (mut s, _) = listener.accept().unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("probe never connected: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 256];
         let _ = s.read(&mut buf);
