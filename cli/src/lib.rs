@@ -2,7 +2,7 @@
 //!
 //! The `agentwire` command line tool, and the library behind it:
 //!
-//! * `agentwire bench` ([`bench`]): load-tests the protocol end to end (by default against a
+//! * `agentwire bench` ([`bench`](mod@bench)): load-tests the protocol end to end (by default against a
 //!   demo agent it starts itself on a temporary Unix socket) and reports decisions per
 //!   second, body MB/s and a latency histogram;
 //! * `agentwire serve` ([`serve`]): runs the [`demo`] agent on a Unix socket;
