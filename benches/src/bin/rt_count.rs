@@ -22,7 +22,10 @@ const WARMUP: usize = 200;
 
 enum Subject {
     Aw(AwPair, Vec<RequestHeaders>),
-    Ref(RefPair, Box<zentinel_agent_protocol::RequestHeadersEvent>),
+    Ref(
+        Box<RefPair>,
+        Box<zentinel_agent_protocol::RequestHeadersEvent>,
+    ),
     Raw(RawPair),
 }
 
@@ -79,7 +82,7 @@ fn main() {
             }
             "aw-json" => Subject::Aw(AwPair::start(Encoding::Json).await, requests(WARMUP + n)),
             "ref-msgpack" => Subject::Ref(
-                RefPair::start().await,
+                Box::new(RefPair::start().await),
                 Box::new(fixtures::zr_request_headers(Size::Small, "req-1")),
             ),
             "raw-msgpack" => Subject::Raw(RawPair::new(Size::Small, Encoding::Msgpack)),
