@@ -445,6 +445,10 @@ impl AgentGateway {
         data: Bytes,
         end: bool,
     ) -> Result<Bytes, Reply> {
+        if data.is_empty() && !end {
+            // Pingora may hand over nothing mid-body (chunk parsing); nothing to ask about.
+            return Ok(data);
+        }
         let agents = self.agents(ctx);
         let mode = self.mode(ctx);
         // Which agents get this chunk, and what each of them sees.
