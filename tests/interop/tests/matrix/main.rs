@@ -15,11 +15,14 @@
 //! | [`reverse_reference_agent`] | agentwire `ReverseListener` | an agent built from the reference's registration types and framing |
 //! | [`reverse_agentwire_agent`] | reference `ReverseConnectionListener` + `AgentPool` | agentwire `ReverseConnector` |
 //! | [`conform`] | `agentwire conform` | reference `UdsAgentServerV2` |
+//! | [`wire_bytes`] | reference and agentwire proxies, frames recorded and compared byte for byte | reference and agentwire agents, answers compared byte for byte |
+//! | [`frame_limits`] | the largest frame (B10), both directions | |
 
 mod support;
 
 mod configuration;
 mod conform;
+mod frame_limits;
 mod grpc_agentwire_proxy;
 mod grpc_reference_proxy;
 mod reverse_agentwire_agent;
@@ -28,3 +31,4 @@ mod uds_agentwire_client;
 mod uds_agentwire_pool;
 mod uds_reference_client;
 mod uds_reference_pool;
+mod wire_bytes;

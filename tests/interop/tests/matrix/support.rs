@@ -567,6 +567,8 @@ pub(crate) struct AwAgent {
     pub(crate) connects: Mutex<Vec<HandshakeRequest>>,
     /// Every cancel: id and reason number.
     pub(crate) cancels: Mutex<Vec<(String, u8)>>,
+    /// How long each answer takes.
+    delay: Duration,
 }
 
 impl AwAgent {
@@ -579,6 +581,13 @@ impl AwAgent {
                 .collect(),
             ..AwAgent::default()
         })
+    }
+
+    /// An agent scripted with `cases` that takes `delay` over each answer.
+    pub(crate) fn slow(cases: &[Case], delay: Duration) -> Arc<Self> {
+        let mut agent = Arc::into_inner(AwAgent::new(cases)).expect("sole owner");
+        agent.delay = delay;
+        Arc::new(agent)
     }
 
     /// The events received so far.
@@ -618,7 +627,13 @@ impl AgentHandler for AwAgent {
             .cloned()
             .unwrap_or_else(|| AgentResponse::block(599));
         self.seen.lock().unwrap().push(event);
-        async move { answer }
+        let delay = self.delay;
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        }
     }
 }
 
@@ -646,6 +661,7 @@ pub(crate) struct RefAgent {
     agent_id: String,
     answers: HashMap<String, zref::AgentResponse>,
     accept_config: Option<bool>,
+    refuse_handshake: Option<String>,
     /// Events handed to the handler, in agentwire's types.
     pub(crate) seen: Mutex<Vec<Event>>,
     /// Handshakes: proxy id, proxy version, config.
@@ -676,10 +692,18 @@ impl RefAgent {
                 .map(|c| (c.id().to_string(), aw_to_ref_response(&c.answer)))
                 .collect(),
             accept_config: accept,
+            refuse_handshake: None,
             seen: Mutex::new(Vec::new()),
             handshakes: Mutex::new(Vec::new()),
             configs: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A reference agent whose handshake handler refuses every proxy with `reason`.
+    pub(crate) fn refusing(agent_id: &str, reason: &str) -> Arc<Self> {
+        let mut agent = Arc::into_inner(RefAgent::build(agent_id, &[], None)).expect("sole owner");
+        agent.refuse_handshake = Some(reason.into());
+        Arc::new(agent)
     }
 
     fn answer(&self, event: Event) -> zref::AgentResponse {
@@ -732,7 +756,10 @@ impl zv2::AgentHandlerV2 for SharedRef {
 
     async fn on_handshake(&self, request: zv2::HandshakeRequest) -> zv2::HandshakeResponse {
         self.0.handshakes.lock().unwrap().push(request);
-        zv2::HandshakeResponse::success(self.capabilities())
+        match &self.0.refuse_handshake {
+            Some(reason) => zv2::HandshakeResponse::failure(reason.clone()),
+            None => zv2::HandshakeResponse::success(self.capabilities()),
+        }
     }
 
     async fn on_request_headers(&self, event: zref::RequestHeadersEvent) -> zref::AgentResponse {

@@ -150,3 +150,61 @@ async fn json_guardrail_is_never_answered_b2() {
 async fn msgpack_guardrail_is_never_answered_b2() {
     within("msgpack guardrail", guardrail_times_out(default_offer())).await;
 }
+
+/// A reference agent that refuses the handshake: agentwire reports the agent's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_agent_refusing_the_handshake() {
+    within("refused handshake", async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ref-agent.sock");
+        let agent = RefAgent::refusing("ref-agent", "maintenance window");
+        let _server = start_ref_uds_server(&path, agent).await;
+        let result = bounded(
+            "connect",
+            AgentClient::connect_unix(
+                &agentwire_tokio::runtime(),
+                &path,
+                aw_client_config(&default_offer(), None),
+            ),
+        )
+        .await;
+        match result {
+            Err(ClientError::Handshake(
+                agentwire_core::session::CloseReason::HandshakeRejected { error },
+            )) => assert_eq!(error.as_deref(), Some("maintenance window")),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+}
+
+/// The reference agent handles one event at a time per connection; agentwire keeps up to its
+/// declared `max_concurrency` (100) in flight and matches the answers by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_to_a_sequential_reference_agent() {
+    within("pipelined", async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ref-agent.sock");
+        let agent = RefAgent::new("ref-agent", &[]);
+        let _server = start_ref_uds_server(&path, agent.clone()).await;
+        let client = connect(&path, &default_offer()).await;
+        let template = cases_of(&[Kind::RequestBodyChunk])[0].event.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let client = client.clone();
+            let mut event = template.clone();
+            if let Event::RequestBodyChunk(c) = &mut event {
+                c.correlation_id = format!("p-{i}");
+                c.chunk_index = i;
+            }
+            tasks.spawn(async move { (i, client.send_event(event).await) });
+        }
+        while let Some(joined) = bounded("answers", tasks.join_next()).await {
+            let (i, result) = joined.expect("task");
+            let answer = result.unwrap_or_else(|e| panic!("p-{i}: {e}"));
+            assert_eq!(answer.correlation_id(), Some(format!("p-{i}").as_str()));
+        }
+        assert_eq!(agent.seen().len(), 100);
+    })
+    .await;
+}

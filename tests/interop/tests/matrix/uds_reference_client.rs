@@ -255,3 +255,56 @@ async fn msgpack_cancel_and_ping() {
     )
     .await;
 }
+
+/// 150 requests at once on one connection to an agent that declares `max_concurrency` 100
+/// and takes 100 ms per answer: agentwire answers out of order and pauses the proxy with
+/// FlowControl frames in its own (tagged) shape, which the reference client cannot read and
+/// skips (B3: it would ignore a pause anyway). Every request is answered with its own id.
+async fn pipelined(encoding: Encoding) {
+    let cell = format!("reference client pipelining → agentwire ({encoding:?})");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AwAgent::slow(&[], Duration::from_millis(100));
+    let server = start_aw_uds(dir.path(), agent.clone(), &[encoding]);
+    let client = std::sync::Arc::new(connect(&server.path).await);
+    let template = match aw_to_ref_event(&cases_of(&[Kind::RequestHeaders])[0].event) {
+        RefEvent::RequestHeaders(e) => e,
+        _ => unreachable!(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..150 {
+        let client = client.clone();
+        let mut event = template.clone();
+        event.metadata.correlation_id = format!("p-{i}");
+        tasks.spawn(async move {
+            let id = event.metadata.correlation_id.clone();
+            (id.clone(), client.send_request_headers(&id, &event).await)
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = bounded("pipelined answers", tasks.join_next()).await {
+        let (id, result) = joined.expect("task");
+        let answer = result.unwrap_or_else(|e| panic!("{cell}: {id}: {e}"));
+        assert_eq!(
+            answer
+                .audit
+                .custom
+                .get("correlation_id")
+                .and_then(|v| v.as_str()),
+            Some(id.as_str())
+        );
+        answered += 1;
+    }
+    assert_eq!(answered, 150);
+    assert_eq!(agent.seen().len(), 150);
+    assert!(client.is_connected().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_pipelined_beyond_the_declared_concurrency() {
+    within("json pipelined", pipelined(Encoding::Json)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgpack_pipelined_beyond_the_declared_concurrency() {
+    within("msgpack pipelined", pipelined(Encoding::Msgpack)).await;
+}
