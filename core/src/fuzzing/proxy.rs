@@ -31,7 +31,8 @@ struct Setup {
     max_in_flight: u8,
     /// `max_buffered_bytes` = 1024 + this.
     max_buffered: u16,
-    /// `max_frame_len`: the default for 0, else 256 × this.
+    /// `max_frame_len`: the default for 0, else 384 + 32 × this (a scripted handshake
+    /// answer needs about 450 bytes).
     max_frame: u8,
     cancel_on_timeout: bool,
     /// `max_outstanding_pings` = this % 8.
@@ -248,7 +249,7 @@ impl Harness {
         let now = Instant::from_millis(1_000);
         let max_frame_len = match setup.max_frame {
             0 => DEFAULT_MAX_FRAME_LEN,
-            n => 256 * u32::from(n),
+            n => 384 + 32 * u32::from(n),
         };
         let ms = |v: u16| Duration::from_millis(1 + u64::from(v));
         let config = ProxyConfig {

@@ -383,8 +383,14 @@ impl ProxySession {
             let id = entry.remove();
             self.in_flight.remove(&id);
             self.stats.timeouts += 1;
-            if self.config.cancel_on_timeout && self.state == State::Ready {
-                // Best effort: an encoding failure here only loses the courtesy Cancel.
+            // Best effort: an encoding failure here only loses the courtesy Cancel. Like any
+            // send, it is skipped once the write buffer is over its bound: an agent that is not
+            // reading would otherwise get one Cancel per expired request queued past
+            // `max_buffered_bytes` (fuzz target `proxy_session`).
+            if self.config.cancel_on_timeout
+                && self.state == State::Ready
+                && self.out.len() < self.config.max_buffered_bytes
+            {
                 let _ = self.encode_cancel(&id, CancelReason::Timeout, now);
             }
             self.events.push_back(ProxyEvent::Failed {
