@@ -12,6 +12,7 @@ use std::path::PathBuf;
 fn every_recorded_crash_stays_fixed() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
     let mut replayed = 0;
+    let mut failed = Vec::new();
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .map(|e| e.expect("directory entry").path())
@@ -29,10 +30,14 @@ fn every_recorded_crash_stays_fixed() {
         for file in files {
             let input = std::fs::read(&file).expect("regression input");
             eprintln!("replaying {}", file.display());
-            run(&input);
+            // Every file is replayed even when one fails, so the report names them all.
+            if std::panic::catch_unwind(|| run(&input)).is_err() {
+                failed.push(file.display().to_string());
+            }
             replayed += 1;
         }
     }
+    assert!(failed.is_empty(), "fuzz regressions are back: {failed:#?}");
     assert!(
         replayed > 0,
         "no regression inputs found under {}",

@@ -2,7 +2,7 @@
 
 use super::{CloseReason, SendError};
 use crate::encoding::{
-    WireFormat, decode_event, decode_message, encode_frame_of, salvage_correlation_id,
+    EncodeError, WireFormat, decode_event, decode_message, encode_frame_of, salvage_correlation_id,
 };
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameDecoder, MessageType, encode_frame};
 use crate::message::*;
@@ -79,7 +79,8 @@ pub enum AgentEvent {
         reason: CancelReason,
     },
     /// An event could not be decoded; when its id could be salvaged it was answered with a
-    /// Block of [`AgentConfig::undecodable_status`].
+    /// Block of [`AgentConfig::undecodable_status`] (or, when even that answer would exceed the
+    /// frame limit, the connection is closed: the event could never be answered).
     Undecodable {
         /// The salvaged id.
         correlation_id: Option<String>,
@@ -497,7 +498,19 @@ impl AgentSession {
                         });
                     }
                     refusal.set_correlation_id(id);
-                    let _ = self.encode(MessageType::AgentResponse, &refusal);
+                    if let Err(SendError::Encode(EncodeError::Frame(e))) =
+                        self.encode(MessageType::AgentResponse, &refusal)
+                    {
+                        // The refusal does not fit in a frame (an id nearly as long as the
+                        // frame limit): the event can never be answered, so end the connection
+                        // instead of leaving the proxy to wait for its deadline (fuzz target
+                        // `agent_session`).
+                        self.events.push_back(AgentEvent::Undecodable {
+                            correlation_id,
+                            error,
+                        });
+                        return self.close_with(CloseReason::Frame(e));
+                    }
                 }
                 self.events.push_back(AgentEvent::Undecodable {
                     correlation_id,
