@@ -79,6 +79,7 @@ impl ClientTls {
     }
 
     pub(crate) fn to_tonic(&self) -> ClientTlsConfig {
+        ensure_crypto_provider();
         let mut c = ClientTlsConfig::new();
         if let Some(ca) = &self.ca_pem {
             c = c.ca_certificate(Certificate::from_pem(ca));
@@ -132,6 +133,7 @@ impl ServerTls {
     }
 
     pub(crate) fn to_tonic(&self) -> ServerTlsConfig {
+        ensure_crypto_provider();
         let mut c = ServerTlsConfig::new()
             .identity(self.identity.to_tonic())
             .timeout(self.handshake_timeout);
@@ -141,5 +143,19 @@ impl ServerTls {
                 .client_auth_optional(self.client_auth_optional);
         }
         c
+    }
+}
+
+/// Makes ring the process-wide rustls provider unless one is installed already.
+///
+/// tonic builds its rustls configs from the process default. When a binary's dependency graph
+/// enables both of rustls' providers (ring through tonic, aws-lc-rs through some other crate),
+/// rustls cannot pick one and every TLS connection fails with a bare "transport error"; this
+/// happened to the CLI in a whole-workspace build. Installing is idempotent: if the
+/// application chose a provider first, its choice stands.
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another thread installing one is fine: a provider is set either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
