@@ -156,6 +156,10 @@ impl ServerTls {
 pub fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another thread installing one is fine: a provider is set either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // rustls 0.23.48 deprecates ring's provider (no post-quantum key exchange); it is the one
+        // tonic's `tls-ring` feature builds with, and aws-lc-rs would need a CMake toolchain.
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let _ = provider.install_default();
     }
 }
