@@ -93,7 +93,8 @@ enum Op {
         bytes: u16,
         direct: bool,
     },
-    /// The handler answers `id`.
+    /// The handler answers: for `id` below 128 one of the events in flight (if any), else
+    /// the id `id` names, in flight or not.
     Respond {
         id: u8,
         decision: u8,
@@ -377,7 +378,14 @@ impl Harness {
     }
 
     fn respond(&mut self, id: u8, decision_byte: u8) {
-        let id = correlation_id(id);
+        let id = match self
+            .in_flight
+            .keys()
+            .nth(usize::from(id) % self.in_flight.len().max(1))
+        {
+            Some(held) if id < 128 => held.clone(),
+            _ => correlation_id(id),
+        };
         let ready = self.session.is_ready();
         let before = self.session.in_flight();
         let result = self
@@ -653,10 +661,11 @@ impl Harness {
 ///
 /// After every operation: the in-flight count is exactly the events delivered and not yet
 /// answered or cancelled, never above the hard cap; `Closed` comes once and last; the decoder
-/// holds at most what it was fed. On the wire: every undecodable event whose id was salvaged
-/// is answered exactly once with a Block (WebSocket frames also with a close verdict), never
-/// an Allow; every other answer is one the handler gave; pongs echo pings byte for byte, in
-/// order; automatic pause and resume alternate.
+/// holds at most what it was fed; an answer that fails leaves its event in flight. On the
+/// wire: every undecodable event whose id was salvaged is answered exactly once with a Block
+/// (WebSocket frames also with a close verdict), never an Allow — or, when that Block cannot
+/// be framed, the connection closes; every other answer is one the handler gave; pongs echo
+/// pings byte for byte, in order; automatic pause and resume alternate.
 pub fn agent_session(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let Ok(setup) = Setup::arbitrary(&mut u) else {

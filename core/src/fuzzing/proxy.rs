@@ -80,7 +80,9 @@ enum Op {
         reason: u8,
     },
     Ping,
-    /// The agent answers `id` (queued, delivered by `Deliver`).
+    /// The agent answers (queued, delivered by `Deliver`): the configuration when
+    /// `id % 13 == 12`, else for `id` below 128 one of the requests in flight (if any), else
+    /// the id `id` names.
     Respond {
         id: u8,
         decision: u8,
@@ -397,7 +399,20 @@ impl Harness {
             _ if id % 13 == CONFIGURE_SLOT => {
                 response.set_correlation_id(&format!("zentinel-configure-{AGENT_ID}-0"));
             }
-            _ => response.set_correlation_id(&correlation_id(id)),
+            _ => {
+                let outstanding: Vec<&String> = self
+                    .accepted
+                    .keys()
+                    .filter(|k| self.outstanding(k) > 0)
+                    .collect();
+                match outstanding.get(usize::from(id) % outstanding.len().max(1)) {
+                    Some(held) if id < 128 => {
+                        let held = String::clone(held);
+                        response.set_correlation_id(&held);
+                    }
+                    _ => response.set_correlation_id(&correlation_id(id)),
+                }
+            }
         }
         let encoding = self.encoding();
         self.queue(MessageType::AgentResponse, &response, encoding);
