@@ -243,7 +243,9 @@ impl AgentSession {
     }
 
     /// Answers the event `correlation_id`; the session writes the id into
-    /// `audit.custom["correlation_id"]`, where the proxy routes by it.
+    /// `audit.custom["correlation_id"]`, where the proxy routes by it. When the answer cannot
+    /// be encoded (larger than the frame limit), nothing is written and the event stays in
+    /// flight, to be answered otherwise.
     pub fn respond(
         &mut self,
         correlation_id: &str,
@@ -254,18 +256,23 @@ impl AgentSession {
             State::Closed => return Err(SendError::Closed),
             State::Handshaking { .. } => return Err(SendError::NotReady),
         }
+        if !self.in_flight.contains_key(correlation_id) {
+            return Err(SendError::NotInFlight);
+        }
+        response.set_correlation_id(correlation_id);
+        // Encode before counting the event out: an answer that cannot be written (larger than
+        // the frame limit) used to take the event out of flight anyway, so no other answer was
+        // accepted and the proxy waited for its deadline (fuzz target `agent_session`).
+        self.encode(MessageType::AgentResponse, &response)?;
         match self.in_flight.get_mut(correlation_id) {
             Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
+            _ => {
                 self.in_flight.remove(correlation_id);
             }
-            None => return Err(SendError::NotInFlight),
         }
         self.in_flight_total -= 1;
-        response.set_correlation_id(correlation_id);
-        let result = self.encode(MessageType::AgentResponse, &response);
         self.update_flow_control();
-        result
+        Ok(())
     }
 
     /// Sends a flow-control signal.
