@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(feature = "gateway")]
 mod gateway;
 
 /// Tools for the Zentinel agent protocol v2, built on agentwire.
@@ -65,7 +66,16 @@ enum Command {
     )]
     Serve(ServeArgs),
     /// Run a Pingora reverse proxy that asks agents about every request (agentwire-pingora)
+    #[cfg(feature = "gateway")]
     Gateway(gateway::GatewayArgs),
+    /// Run a Pingora reverse proxy (not in this build: rebuild with `--features gateway`)
+    #[cfg(not(feature = "gateway"))]
+    #[command(disable_help_flag = true)]
+    Gateway {
+        /// Arguments meant for the gateway, ignored by this build.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Connect to an agent, show the handshake and the decision on one request
     #[command(
         long_about = "Connect to an agent, print the negotiated protocol version, \
@@ -229,7 +239,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench(args),
         Command::Serve(args) => serve(args),
+        #[cfg(feature = "gateway")]
         Command::Gateway(args) => gateway::run(args),
+        #[cfg(not(feature = "gateway"))]
+        Command::Gateway { .. } => Err(CliError::new(
+            "this agentwire was built without the `gateway` feature; build it with \
+             `cargo build --release -p agentwire-cli --features gateway` (Pingora needs cmake)",
+        )),
         Command::Probe(args) => probe(args),
         Command::Conform(args) => conform(args),
     };
