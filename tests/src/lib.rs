@@ -9,9 +9,11 @@
 //! name to [`uds_suite!`]; every runtime then gets a `#[test]` for it.
 
 pub mod agent;
+pub mod faults;
 pub mod support;
 
 pub use agent::{AgentStats, CancelRecord, TestAgent};
+pub use faults::*;
 pub use support::*;
 
 use agentwire_core::encoding::{WireFormat, encode_event};
@@ -54,6 +56,9 @@ macro_rules! uds_suite {
             uds_server_socket_safety,
             uds_server_enforces_max_connections,
             graceful_shutdown_answers_every_received_request,
+            agent_that_stops_reading_bounds_the_client,
+            cancel_storm_leaves_nothing_in_flight,
+            ping_burst_is_bounded_by_the_agent,
         );
     };
     (@each $block_on:path; $($name:ident),+ $(,)?) => {
