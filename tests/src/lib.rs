@@ -10,10 +10,12 @@
 
 pub mod agent;
 pub mod faults;
+pub mod process;
 pub mod support;
 
 pub use agent::{AgentStats, CancelRecord, TestAgent};
 pub use faults::*;
+pub use process::*;
 pub use support::*;
 
 use agentwire_core::encoding::{WireFormat, encode_event};
