@@ -39,6 +39,9 @@ async fn load(
                     let started = Instant::now();
                     let end = one_request(&pool, &format!("{prefix}-{n}"), n % 5).await;
                     ledger.record(n, end, started.elapsed(), request_limit());
+                    // Failures while the agent is down return without yielding; let the
+                    // connections' tasks run between requests.
+                    tokio::task::yield_now().await;
                 }
             })
         })
