@@ -5,8 +5,15 @@
 //! smol (`tests/uds_*.rs`). Every scenario talks over real Unix sockets in a private temporary
 //! directory, and each one runs against a hard deadline ([`support::with_deadline`]).
 //!
-//! Adding a scenario: write a `pub async fn name<R: Runtime>(runtime: R)` here and add its
-//! name to [`uds_suite!`]; every runtime then gets a `#[test]` for it.
+//! Adding a scenario: write a `pub async fn name<R: Runtime>(runtime: R)` here (or in
+//! [`faults`]) and add its name to [`uds_suite!`]; every runtime then gets a `#[test]` for it.
+//!
+//! Fault tests that do not fit one runtime-generic scenario are tokio-only test binaries:
+//! `tests/memory.rs` (resident memory around hostile peers, alone in its process),
+//! `tests/agent_process.rs` (the agent as a child process, SIGKILLed under pool load and
+//! restarted; the binary is `src/bin/aw-test-agent.rs`, helpers in [`process`]),
+//! `tests/pool_faults.rs` (cancel storm and a deaf agent through an `AgentPool`) and
+//! `tests/soak.rs` (`#[ignore]`d; `AGENTWIRE_SOAK_SECS`).
 
 pub mod agent;
 pub mod faults;
