@@ -5,13 +5,24 @@
 //! smol (`tests/uds_*.rs`). Every scenario talks over real Unix sockets in a private temporary
 //! directory, and each one runs against a hard deadline ([`support::with_deadline`]).
 //!
-//! Adding a scenario: write a `pub async fn name<R: Runtime>(runtime: R)` here and add its
-//! name to [`uds_suite!`]; every runtime then gets a `#[test]` for it.
+//! Adding a scenario: write a `pub async fn name<R: Runtime>(runtime: R)` here (or in
+//! [`faults`]) and add its name to [`uds_suite!`]; every runtime then gets a `#[test]` for it.
+//!
+//! Fault tests that do not fit one runtime-generic scenario are tokio-only test binaries:
+//! `tests/memory.rs` (resident memory around hostile peers, alone in its process),
+//! `tests/agent_process.rs` (the agent as a child process, SIGKILLed under pool load and
+//! restarted; the binary is `src/bin/aw-test-agent.rs`, helpers in [`process`]),
+//! `tests/pool_faults.rs` (cancel storm and a deaf agent through an `AgentPool`) and
+//! `tests/soak.rs` (`#[ignore]`d; `AGENTWIRE_SOAK_SECS`).
 
 pub mod agent;
+pub mod faults;
+pub mod process;
 pub mod support;
 
 pub use agent::{AgentStats, CancelRecord, TestAgent};
+pub use faults::*;
+pub use process::*;
 pub use support::*;
 
 use agentwire_core::encoding::{WireFormat, encode_event};
@@ -54,6 +65,9 @@ macro_rules! uds_suite {
             uds_server_socket_safety,
             uds_server_enforces_max_connections,
             graceful_shutdown_answers_every_received_request,
+            agent_that_stops_reading_bounds_the_client,
+            cancel_storm_leaves_nothing_in_flight,
+            ping_burst_is_bounded_by_the_agent,
         );
     };
     (@each $block_on:path; $($name:ident),+ $(,)?) => {

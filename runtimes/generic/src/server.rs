@@ -219,6 +219,9 @@ pub struct ConnectionSummary {
 struct ConnShared {
     session: Mutex<AgentSession>,
     writer_wake: Notify,
+    /// Raised by the writer each time it takes the session's write buffer: a connection that
+    /// stopped reading because the buffer was at its bound re-checks and reads again.
+    drained: Notify,
     closed: AtomicBool,
 }
 
@@ -236,6 +239,7 @@ enum Wake {
     Timer,
     Shutdown,
     WriterGone,
+    Drained,
 }
 
 /// Serves one proxy connection until it ends: answers the handshake, runs the handler for
@@ -268,6 +272,7 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
     let shared = Arc::new(ConnShared {
         session: Mutex::new(session),
         writer_wake: Notify::new(),
+        drained: Notify::new(),
         closed: AtomicBool::new(false),
     });
     let writer_done = Arc::new(WriterDone::default());
@@ -300,6 +305,9 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
         let draining = draining_since.is_some();
         let can_read =
             !draining && wants_input && running.len() < config.max_concurrent_per_connection;
+        // Not reading because the peer does not read its answers (or pongs, a ping burst):
+        // nothing else would wake this loop once the writer has drained the buffer.
+        let write_blocked = !draining && !wants_input;
         let drain_deadline = draining_since.map(|t| t + config.drain_timeout);
         let deadline = match (deadline.map(to_std), drain_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -309,6 +317,9 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
             let read = async {
                 if can_read {
                     Wake::Read(reader.read(&mut buf).await)
+                } else if write_blocked {
+                    shared.drained.wait().await;
+                    Wake::Drained
                 } else {
                     std::future::pending().await
                 }
@@ -372,7 +383,7 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
                     }
                 }
             }
-            Wake::Done(None) => {}
+            Wake::Done(None) | Wake::Drained => {}
             Wake::Timer => {
                 session.handle_timeout(now);
                 if draining_since.is_some_and(|t| Instant::now() >= t + config.drain_timeout) {
@@ -504,7 +515,11 @@ async fn agent_writer<R: Runtime>(
     drain: Duration,
 ) {
     let written = write_until_closed(&mut writer, &shared.writer_wake, &shared.closed, || {
-        shared.lock().poll_transmit()
+        let bytes = shared.lock().poll_transmit();
+        if bytes.is_some() {
+            shared.drained.notify();
+        }
+        bytes
     })
     .await;
     // Answers produced before the close are still delivered (the session keeps its buffer
