@@ -765,7 +765,7 @@ fn response_body_block_aborts_the_response_at_the_next_chunk() {
             "part-5 end",
         ];
         // Pauses long enough for the agent's verdict to arrive before the next chunk.
-        world.stream_upstream(parts(&body), Duration::from_millis(300));
+        world.stream_upstream(parts(&body), Duration::from_millis(500));
         let (rec, seen) = RecordingAgent::new(Duration::ZERO, Some("STOP"));
         // Fail-open: only the Block itself can end the response.
         let options = AgentOptions {
@@ -887,7 +887,8 @@ fn challenge_is_401_with_www_authenticate_else_403() {
 }
 
 /// A body of `n` numbered lines sent as one part each, 10 ms apart, behind an agent taking
-/// 100 ms per response chunk: the agent falls far behind the body.
+/// 200 ms per response chunk: the agent falls far behind the body (the queue fills after
+/// about 20 of them).
 fn slow_response_agent_world(
     policy: FailurePolicy,
     n: usize,
@@ -896,7 +897,7 @@ fn slow_response_agent_world(
     let lines: Vec<String> = (0..n).map(|i| format!("line {i:04}\n")).collect();
     let expected = lines.concat();
     world.stream_upstream(lines, Duration::from_millis(10));
-    let (rec, seen) = RecordingAgent::new(Duration::from_millis(100), None);
+    let (rec, seen) = RecordingAgent::new(Duration::from_millis(200), None);
     let options = AgentOptions {
         failure_policy: policy,
         request_timeout: Some(Duration::from_secs(2)),
@@ -920,7 +921,7 @@ fn slow_fail_open_agent_does_not_stall_the_response() {
         let took = started.elapsed();
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(dechunk(&r.body).as_deref(), Some(expected.as_str()));
-        // The upstream alone takes ~0.8 s; paced by the agent it would take 8 s.
+        // The upstream alone takes ~0.8 s; paced by the agent it would take 16 s.
         assert!(took < Duration::from_secs(4), "response stalled: {took:?}");
         // The agent judges what was queued, then gets nothing more of this body.
         wait_until(20, "request complete", || {
@@ -944,5 +945,34 @@ fn slow_fail_closed_agent_aborts_the_response() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(dechunk(&r.body), None, "the body must end cut short: {r:?}");
         assert!(r.body.len() < expected.len(), "{r:?}");
+    });
+}
+
+#[test]
+fn response_body_limit_cuts_what_the_agent_sees_not_the_response() {
+    with_timeout(60, || {
+        let mut world = World::new();
+        let body = ["alpha-", "beta-", "gamma-", "delta"];
+        world.stream_upstream(parts(&body), Duration::from_millis(50));
+        let (rec, seen) = RecordingAgent::new(Duration::ZERO, None);
+        world.agent("rec", rec, AgentOptions::default());
+        let addr = world.start(
+            Route::new("/", CallMode::Sequential).agent(
+                GatewayAgent::new("rec")
+                    .inspect_response_body(true)
+                    .max_body_bytes(8),
+            ),
+        );
+        let r = get(addr, "/stream");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(dechunk(&r.body).as_deref(), Some(body.concat().as_str()));
+        wait_until(10, "request complete", || {
+            !seen.lock().unwrap().completes.is_empty()
+        });
+        let seen = seen.lock().unwrap();
+        let data: Vec<u8> = seen.chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+        assert_eq!(&data[..], b"alpha-be", "{:?}", seen.chunks);
+        assert!(seen.chunks.last().unwrap().is_last, "{:?}", seen.chunks);
+        assert_eq!(seen.chunks.iter().filter(|c| c.is_last).count(), 1);
     });
 }
