@@ -141,7 +141,16 @@ impl World {
     /// Replaces the upstream (before [`start`](Self::start)) by one that answers every request
     /// with a chunked body written as `parts`, pausing `pause` after each.
     fn stream_upstream(&mut self, parts: Vec<String>, pause: Duration) {
-        self.upstream = self.rt.block_on(start_streaming_upstream(parts, pause));
+        self.upstream = self
+            .rt
+            .block_on(start_streaming_upstream(parts, pause, true));
+    }
+
+    /// Like [`stream_upstream`](Self::stream_upstream), with a `content-length` body.
+    fn stream_upstream_with_length(&mut self, parts: Vec<String>, pause: Duration) {
+        self.upstream = self
+            .rt
+            .block_on(start_streaming_upstream(parts, pause, false));
     }
 
     fn start(&mut self, route: Route) -> SocketAddr {
@@ -243,9 +252,14 @@ async fn start_upstream(seen: Arc<AtomicUsize>) -> SocketAddr {
     addr
 }
 
-/// An HTTP/1.1 upstream that answers each request head with `200` and a chunked body sent as
-/// `parts` (one HTTP chunk and one write each), pausing `pause` after each part.
-async fn start_streaming_upstream(parts: Vec<String>, pause: Duration) -> SocketAddr {
+/// An HTTP/1.1 upstream that answers each request head with `200` and a body sent as `parts`
+/// (one write each, one HTTP chunk each if `chunked`, else a `content-length` body), pausing
+/// `pause` after each part.
+async fn start_streaming_upstream(
+    parts: Vec<String>,
+    pause: Duration,
+    chunked: bool,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let parts = Arc::new(parts);
@@ -257,19 +271,32 @@ async fn start_streaming_upstream(parts: Vec<String>, pause: Duration) -> Socket
                 let mut buf = Vec::new();
                 while let Some(end) = read_until(&mut stream, &mut buf, b"\r\n\r\n", None).await {
                     buf.drain(..end + 4);
-                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                    let framing = if chunked {
+                        "transfer-encoding: chunked".to_string()
+                    } else {
+                        format!(
+                            "content-length: {}",
+                            parts.iter().map(String::len).sum::<usize>()
+                        )
+                    };
+                    let head =
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n{framing}\r\n\r\n");
                     if stream.write_all(head.as_bytes()).await.is_err() {
                         return;
                     }
                     for part in parts.iter() {
-                        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+                        let chunk = if chunked {
+                            format!("{:x}\r\n{part}\r\n", part.len())
+                        } else {
+                            part.clone()
+                        };
                         // The gateway may drop the connection mid-body (an aborted response).
                         if stream.write_all(chunk.as_bytes()).await.is_err() {
                             return;
                         }
                         tokio::time::sleep(pause).await;
                     }
-                    if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                    if chunked && stream.write_all(b"0\r\n\r\n").await.is_err() {
                         return;
                     }
                 }
@@ -974,5 +1001,26 @@ fn response_body_limit_cuts_what_the_agent_sees_not_the_response() {
         assert_eq!(&data[..], b"alpha-be", "{:?}", seen.chunks);
         assert!(seen.chunks.last().unwrap().is_last, "{:?}", seen.chunks);
         assert_eq!(seen.chunks.iter().filter(|c| c.is_last).count(), 1);
+    });
+}
+
+#[test]
+fn response_body_block_cuts_a_content_length_body_short() {
+    with_timeout(60, || {
+        let mut world = World::new();
+        let body = ["part-1;", "part-2 STOP;", "part-3;", "part-4 end"];
+        world.stream_upstream_with_length(parts(&body), Duration::from_millis(500));
+        let (rec, _seen) = RecordingAgent::new(Duration::ZERO, Some("STOP"));
+        world.agent("rec", rec, AgentOptions::default());
+        let addr = world.start(
+            Route::new("/", CallMode::Sequential)
+                .agent(GatewayAgent::new("rec").inspect_response_body(true)),
+        );
+        let r = get(addr, "/stream");
+        assert_eq!(r.status, 200, "{r:?}");
+        let declared: usize = r.header("content-length").unwrap().parse().unwrap();
+        assert_eq!(declared, body.concat().len());
+        assert!(r.body.starts_with("part-1;part-2 STOP;"), "{r:?}");
+        assert!(r.body.len() < declared, "the full body went through: {r:?}");
     });
 }
