@@ -47,8 +47,9 @@
 //! answer wins and the later agents are not asked) or [in parallel](CallMode::Parallel) (the
 //! first non-Allow answer wins and the calls still in flight are dropped at once, which cancels
 //! them in agentwire). An agent that cannot be asked or does not answer within its
-//! `request_timeout` is handled by its [`FailurePolicy`] (set in [`AgentOptions`] when it is
-//! added to the pool): fail-open skips it, fail-closed answers the client with its status.
+//! `request_timeout` is handled by its [`FailurePolicy`] (set in
+//! [`AgentOptions`](agentwire_pool::AgentOptions) when it is added to the pool): fail-open
+//! skips it, fail-closed answers the client with its status.
 //!
 //! Agent header mutations never touch the headers in [`HeaderPolicy`] (hop-by-hop and
 //! proxy-internal ones: `connection`, `keep-alive`, `proxy-*`, `te`, `trailer`,
