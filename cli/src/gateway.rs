@@ -35,9 +35,14 @@ pub(crate) struct GatewayArgs {
     /// Status sent to the client when a fail-closed agent is down or late
     #[arg(long, value_name = "STATUS", default_value_t = 503)]
     fail_status: u16,
-    /// Request body bytes each agent sees at most
+    /// Body bytes each agent sees at most (of the request body, and of the response body
+    /// with --inspect-response-body)
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_body_bytes: u64,
+    /// Also stream response bodies to the agents; a block aborts the response at the next
+    /// chunk (bytes already sent cannot be recalled)
+    #[arg(long)]
+    inspect_response_body: bool,
     /// Pingora worker threads
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -71,6 +76,7 @@ pub(crate) fn run(args: GatewayArgs) -> Result<ExitCode, CliError> {
         }
     };
     options.max_body_bytes = args.max_body_bytes;
+    options.inspect_response_body = args.inspect_response_body;
     options.threads = args.threads;
     agentwire_pingora::gateway::run(&options, None).map_err(|e| CliError::new(e.to_string()))?;
     Ok(ExitCode::SUCCESS)

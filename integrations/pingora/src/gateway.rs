@@ -101,8 +101,10 @@ pub struct GatewayOptions {
     pub timeout: Duration,
     /// What an unavailable or late agent means.
     pub failure_policy: FailurePolicy,
-    /// Request body bytes each agent sees at most.
+    /// Body bytes each agent sees at most (request and response body each).
     pub max_body_bytes: u64,
+    /// Send response body chunks to the agents too (streamed; see the crate doc).
+    pub inspect_response_body: bool,
     /// Pingora worker threads.
     pub threads: usize,
     /// Connections per agent.
@@ -110,7 +112,8 @@ pub struct GatewayOptions {
 }
 
 impl GatewayOptions {
-    /// Defaults: no agents, in order, 100 ms, fail-closed 503, 1 MiB, 2 threads, 4 connections.
+    /// Defaults: no agents, in order, 100 ms, fail-closed 503, 1 MiB, response bodies not
+    /// inspected, 2 threads, 4 connections.
     #[must_use]
     pub fn new(listen: impl Into<String>, upstream: SocketAddr) -> Self {
         GatewayOptions {
@@ -121,6 +124,7 @@ impl GatewayOptions {
             timeout: Duration::from_millis(100),
             failure_policy: FailurePolicy::default(),
             max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES,
+            inspect_response_body: false,
             threads: 2,
             connections_per_agent: 4,
         }
@@ -163,7 +167,11 @@ pub fn run(options: &GatewayOptions, stop: Option<GatewayStop>) -> Result<(), Ga
     })?;
     let mut route = Route::new("/", options.mode);
     for (id, _) in &options.agents {
-        route = route.agent(GatewayAgent::new(id.clone()).max_body_bytes(options.max_body_bytes));
+        route = route.agent(
+            GatewayAgent::new(id.clone())
+                .max_body_bytes(options.max_body_bytes)
+                .inspect_response_body(options.inspect_response_body),
+        );
     }
     let config = GatewayConfig::new(options.upstream).route(route);
     let result = serve(

@@ -9,18 +9,47 @@
 //! | `request_filter` | RequestHeaders | Allow → continue; Block → the agent's status, headers and body; Redirect → status + `Location`; Challenge → 401 + `WWW-Authenticate` when the params carry `www-authenticate`, else 403 |
 //! | `upstream_request_filter` | — | applies the agents' request header mutations (`set`/`add`/`remove`, in agent order) |
 //! | `request_body_filter` | RequestBodyChunk | streams each chunk to the agents (up to each agent's [`GatewayAgent::max_body_bytes`]); a Block ends the request with its status; `needs_more` holds the body back from the upstream until every agent is final; `request_body_mutation` replaces or drops the chunk |
-//! | `response_filter` | ResponseHeaders | applies the response header mutations of both phases; a Block replaces the response |
-//! | `logging` | RequestComplete | sent in the background, then the request's pool bindings are dropped |
+//! | `response_filter` | ResponseHeaders | applies the response header mutations of both phases; a Block replaces the response; starts the response body forwarder |
+//! | `response_body_filter` | ResponseBodyChunk | queues each chunk for the forwarder without waiting (agents with [`GatewayAgent::inspect_response_body`], up to their [`GatewayAgent::max_body_bytes`]); a Block seen by then aborts the response |
+//! | `logging` | RequestComplete | sent in the background once the forwarder is done, then the request's pool bindings are dropped |
 //!
-//! Response **bodies** are not sent to agents: Pingora's `response_body_filter` is synchronous,
-//! so it cannot wait for an answer.
+//! ## Response bodies
+//!
+//! Pingora 0.9 calls `response_body_filter` synchronously, so the gateway cannot hold a chunk
+//! until the agents have judged it. Response body inspection is therefore *streamed*, like
+//! Envoy ext_proc's streamed mode: when an agent of the route has
+//! [`inspect_response_body`](GatewayAgent::inspect_response_body) on (off by default) and the
+//! response headers were allowed, `response_filter` starts a forwarder task per response with
+//! a queue of [`QUEUE_CHUNKS`] chunks. The filter hands every chunk to the queue (`try_send`, a
+//! cheap `Bytes` clone) and passes it on to the client at once; the forwarder sends the chunks
+//! as ResponseBodyChunk events (same correlation id as the request, `chunk_index` from 0,
+//! `bytes_transferred`, `total_size` from the upstream's `content-length`, `is_last` on the
+//! last one or where the agent's byte limit cuts the body) to each such agent in order, with
+//! the route's call mode and each agent's timeout and failure policy.
+//!
+//! * An agent answering a chunk with anything but Allow (or a fail-closed agent failing on
+//!   one) aborts the response at the next chunk boundary: the filter returns an error, Pingora
+//!   closes the client connection, and the client sees the body cut short (a missing final
+//!   chunk, or fewer bytes than `content-length`). **Bytes already sent cannot be recalled**:
+//!   a pattern in the last chunk, or one judged after the body is through, is reported too
+//!   late to stop anything.
+//! * If the queue is full (the agents are slower than the body) or the forwarder is gone: with
+//!   a fail-closed agent among them the response is aborted; with fail-open agents only,
+//!   inspection of that response stops (logged), the agents still judge what is queued.
+//! * `response_body_mutation` (and header mutations) in answers to response body chunks are
+//!   ignored (logged at debug): the chunk they refer to has already been passed on.
+//! * `logging` waits (in the background, so the client is not held) for the forwarder to
+//!   finish the queued chunks before sending RequestComplete, for at most one deadline of the
+//!   agents per chunk it can hold; past that it is aborted (cancelling its call). A response
+//!   that failed aborts it at once.
 //!
 //! Agents of one [`Route`] are asked [in order](CallMode::Sequential) (the first non-Allow
 //! answer wins and the later agents are not asked) or [in parallel](CallMode::Parallel) (the
 //! first non-Allow answer wins and the calls still in flight are dropped at once, which cancels
 //! them in agentwire). An agent that cannot be asked or does not answer within its
-//! `request_timeout` is handled by its [`FailurePolicy`] (set in [`AgentOptions`] when it is
-//! added to the pool): fail-open skips it, fail-closed answers the client with its status.
+//! `request_timeout` is handled by its [`FailurePolicy`] (set in
+//! [`AgentOptions`](agentwire_pool::AgentOptions) when it is added to the pool): fail-open
+//! skips it, fail-closed answers the client with its status.
 //!
 //! Agent header mutations never touch the headers in [`HeaderPolicy`] (hop-by-hop and
 //! proxy-internal ones: `connection`, `keep-alive`, `proxy-*`, `te`, `trailer`,
@@ -63,6 +92,7 @@
 
 pub mod gateway;
 mod headers;
+mod response_body;
 
 use agentwire_core::message::{
     AgentResponse, BodyChunk, Decision, HeaderOp, RequestComplete, RequestHeaders, RequestMetadata,
@@ -85,8 +115,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use headers::HeaderPolicy;
+pub use response_body::QUEUE_CHUNKS;
+use response_body::ResponseTap;
 
-/// Default per-agent request body inspection limit (1 MiB).
+/// Default per-agent body inspection limit (1 MiB), for request and response bodies each.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 
 /// How the agents of one route are asked.
@@ -107,17 +139,22 @@ pub struct GatewayAgent {
     pub id: String,
     /// Send request body chunks to this agent.
     pub inspect_request_body: bool,
-    /// Request body bytes this agent sees at most; the chunk that crosses the limit is cut
-    /// and sent as the last one. An agent still asking for more (`needs_more`) at its limit
-    /// is handled by its failure policy.
+    /// Body bytes this agent sees at most, of the request body and of the response body
+    /// each; the chunk that crosses the limit is cut and sent as the last one. An agent still
+    /// asking for more request body (`needs_more`) at its limit is handled by its failure
+    /// policy.
     pub max_body_bytes: u64,
     /// Send response headers to this agent.
     pub inspect_response_headers: bool,
+    /// Send response body chunks to this agent (streamed: see the crate doc, *Response
+    /// bodies*). Off by default: it costs a task and an agent round trip per chunk on every
+    /// response, and an agent can only cut a response short, not stop bytes already sent.
+    pub inspect_response_body: bool,
 }
 
 impl GatewayAgent {
     /// An agent that sees request headers, up to [`DEFAULT_MAX_BODY_BYTES`] of the request
-    /// body, and response headers.
+    /// body, and response headers (not the response body).
     #[must_use]
     pub fn new(id: impl Into<String>) -> Self {
         GatewayAgent {
@@ -125,7 +162,15 @@ impl GatewayAgent {
             inspect_request_body: true,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             inspect_response_headers: true,
+            inspect_response_body: false,
         }
+    }
+
+    /// Sets [`inspect_response_body`](Self::inspect_response_body).
+    #[must_use]
+    pub fn inspect_response_body(mut self, inspect: bool) -> Self {
+        self.inspect_response_body = inspect;
+        self
     }
 
     /// Sets [`max_body_bytes`](Self::max_body_bytes).
@@ -304,6 +349,9 @@ pub struct RequestState {
     reply: Option<Reply>,
     request_body_bytes: u64,
     response_status: u16,
+    response_body_bytes: u64,
+    /// Response body inspection, when an agent of the route wants the body.
+    tap: Option<ResponseTap>,
 }
 
 impl RequestState {
@@ -535,6 +583,45 @@ impl AgentGateway {
         }
     }
 
+    /// Starts response body inspection if an agent of the route wants the body of this
+    /// response (headers allowed, a body that can be non-empty).
+    fn start_response_tap(
+        &self,
+        session: &Session,
+        response: &ResponseHeader,
+        ctx: &mut RequestState,
+    ) {
+        let Some(route) = ctx.route else { return };
+        let status = response.status.as_u16();
+        if ctx.tap.is_some()
+            || response.status.is_informational()
+            || status == 204
+            || status == 304
+            || session.req_header().method == http::Method::HEAD
+        {
+            return;
+        }
+        let total_size = response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if total_size == Some(0) {
+            return;
+        }
+        let agents = &self.config.routes[route].agents;
+        let targets: Vec<usize> = ctx
+            .active
+            .iter()
+            .copied()
+            .filter(|&i| agents[i].inspect_response_body && agents[i].max_body_bytes > 0)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        ctx.tap = ResponseTap::start(self, route, targets, ctx.correlation_id.clone(), total_size);
+    }
+
     async fn send_complete(&self, ctx: &RequestState, error: Option<String>) {
         let agents = self.agents(ctx);
         let calls = ctx.active.iter().map(|&i| {
@@ -543,7 +630,7 @@ impl AgentGateway {
                 status: ctx.response_status,
                 duration_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 request_body_size: ctx.request_body_bytes,
-                response_body_size: 0,
+                response_body_size: ctx.response_body_bytes,
                 upstream_attempts: 1,
                 error: error.clone(),
             };
@@ -627,6 +714,8 @@ impl ProxyHttp for AgentGateway {
             reply: None,
             request_body_bytes: 0,
             response_status: 0,
+            response_body_bytes: 0,
+            tap: None,
         }
     }
 
@@ -730,7 +819,7 @@ impl ProxyHttp for AgentGateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestState,
     ) -> pingora::Result<()> {
@@ -773,7 +862,28 @@ impl ProxyHttp for AgentGateway {
         for op in &ctx.response_ops {
             headers::apply_response(upstream_response, op, &self.config.header_policy);
         }
+        self.start_response_tap(session, upstream_response, ctx);
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestState,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        let empty = Bytes::new();
+        let data = body.as_ref().unwrap_or(&empty);
+        ctx.response_body_bytes += data.len() as u64;
+        if let Some(tap) = &mut ctx.tap
+            && let Err(status) = tap.on_chunk(data, end_of_stream)
+        {
+            // The status line is already out: this error only makes Pingora drop the
+            // connection, so the client sees the body cut short.
+            return Err(error_with(status, "response body stopped by an agent"));
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -782,6 +892,19 @@ impl ProxyHttp for AgentGateway {
         e: &Error,
         ctx: &mut RequestState,
     ) -> FailToProxy {
+        if session.response_written().is_some() {
+            // The client already has a status line (and maybe part of the body): nothing can
+            // be sent in its place, and writing a reply would append it to that body. Closing
+            // the connection is what tells the client the response is incomplete.
+            let error_code = match e.etype() {
+                ErrorType::HTTPStatus(code) => *code,
+                _ => 0,
+            };
+            return FailToProxy {
+                error_code,
+                can_reuse_downstream: false,
+            };
+        }
         let reply = match ctx.reply.take() {
             Some(reply) => reply,
             None => {
@@ -821,10 +944,20 @@ impl ProxyHttp for AgentGateway {
         // should not wait for the agents to acknowledge the end of the request.
         let gateway = self.clone();
         let error = e.map(|e| e.to_string());
-        let state = std::mem::replace(ctx, gateway.new_ctx());
+        let mut state = std::mem::replace(ctx, gateway.new_ctx());
+        let tap = state.tap.take();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { gateway.send_complete(&state, error).await });
+            handle.spawn(async move {
+                // The agents see the rest of the response body before its completion.
+                if let Some(tap) = tap {
+                    tap.finish(error.is_some()).await;
+                }
+                gateway.send_complete(&state, error).await;
+            });
         } else {
+            if let Some(tap) = tap {
+                tap.abort();
+            }
             self.pool.clear_affinity(&state.correlation_id);
         }
     }

@@ -678,6 +678,15 @@ impl<R: Runtime> AgentPool<R> {
             .map(|agent| agent.core.failure_policy)
     }
 
+    /// The agent's deadline for one event (its [`AgentOptions::request_timeout`], else
+    /// [`PoolConfig::request_timeout`]); callers use it to bound their own waits.
+    #[must_use]
+    pub fn request_timeout(&self, agent_id: &str) -> Option<Duration> {
+        self.inner
+            .agent(agent_id)
+            .map(|agent| agent.core.request_timeout)
+    }
+
     /// Wakes the maintenance task now (health refresh, dead-connection removal, reconnects
     /// whose backoff has passed) instead of at its next tick.
     pub fn wake_maintenance(&self) {
