@@ -27,6 +27,11 @@ pub const QUEUE_CHUNKS: usize = 16;
 /// (scheduling, the pool's own bookkeeping).
 const DRAIN_SLACK: Duration = Duration::from_millis(200);
 
+/// The longest a finished response keeps its forwarder (and RequestComplete) waiting, whatever
+/// the agents' deadlines add up to: with the pool's default 30 s per event, 17 chunks of
+/// sequential agents would otherwise hold a background task for minutes per request.
+const MAX_DRAIN: Duration = Duration::from_secs(30);
+
 /// One queued chunk: the response body bytes and whether the queue ends with it.
 #[derive(Debug)]
 struct Chunk {
@@ -98,7 +103,8 @@ impl ResponseTap {
         // one deadline of each agent; past that the forwarder is stuck and is aborted.
         let drain = per_chunk
             .saturating_mul(QUEUE_CHUNKS as u32 + 1)
-            .saturating_add(DRAIN_SLACK);
+            .saturating_add(DRAIN_SLACK)
+            .min(MAX_DRAIN);
         let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
         let stop = Arc::new(AtomicU16::new(0));
         let forwarder = Forwarder {
