@@ -1,19 +1,29 @@
 //! The pool's in-process decisions: selection, affinity, health, metrics and the whole hot
 //! path of starting and finishing a request (no serialization, no I/O).
 //!
+//! Two axes: `pool/select` and `pool/hot_path_conns` grow the number of **connections of one
+//! agent** (1–1 000); `pool/hot_path` grows the number of **agents** in the registry (1–1 000,
+//! each with the default 4 connections) and runs the proxy's hot path for one of them, as
+//! `agentwire-pool`'s `AgentPool` does per event (`pick` + admission + `run`'s accounting):
+//! registry snapshot load, lookup by agent id, agent breaker, affinity lookup, connection
+//! list load, selection, `Arc` clone of the chosen connection, admission, counters, finish,
+//! latency histogram.
+//!
 //! The reference keeps its selection private; its nearest public operation is
 //! `AgentPool::create_sticky_session`, which is `select_connection` plus one DashMap insert,
 //! measured here over real (idle) UDS connections to a reference agent. Its affinity lookup
 //! is `has_sticky_session`.
 
 use agentwire_benches::roundtrip::current_thread;
-use agentwire_core::metrics::{AgentMetrics, Histogram};
+use agentwire_core::metrics::{AgentMetrics, Histogram, ProtocolMetrics};
 use agentwire_core::pool::{
-    AffinityConfig, AffinityMap, Balancer, ConnectionConfig, ConnectionId, ConnectionState,
-    RequestOutcome, Strategy, select,
+    AffinityConfig, AffinityMap, Balancer, BreakerConfig, CircuitBreaker, ConnectionConfig,
+    ConnectionId, ConnectionState, RequestOutcome, Strategy, select,
 };
 use agentwire_core::time::Instant;
+use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,9 +127,11 @@ pub(crate) fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    // The hot path of one request: affinity lookup, select + admit, counters, finish,
-    // latency histogram.
-    let mut g = c.benchmark_group("pool/hot_path");
+    hot_path_agents(c);
+
+    // The hot path of one request over N connections of one agent (the axis of the first
+    // measurements): affinity lookup, select + admit, counters, finish, latency histogram.
+    let mut g = c.benchmark_group("pool/hot_path_conns");
     for n in COUNTS {
         let conns = connections(n);
         let balancer = Balancer::new(Strategy::RoundRobin, 7);
@@ -143,6 +155,77 @@ pub(crate) fn bench(c: &mut Criterion) {
     g.finish();
 
     reference_pool(c);
+}
+
+/// One registered agent, as `agentwire-pool` keeps it (the fields the hot path touches).
+struct BenchAgent {
+    breaker: CircuitBreaker,
+    balancer: Balancer,
+    affinity: AffinityMap,
+    metrics: AgentMetrics,
+    connections: ArcSwap<Vec<Arc<ConnectionState>>>,
+}
+
+/// Connections per agent: `PoolConfig::connections_per_agent`'s default.
+const CONNECTIONS_PER_AGENT: usize = 4;
+
+fn hot_path_agents(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pool/hot_path");
+    for n in COUNTS {
+        let mut next_id = 0u64;
+        let registry: HashMap<String, Arc<BenchAgent>, foldhash::fast::RandomState> = (0..n)
+            .map(|a| {
+                let conns = (0..CONNECTIONS_PER_AGENT)
+                    .map(|_| {
+                        next_id += 1;
+                        Arc::new(ConnectionState::new(
+                            ConnectionId(next_id),
+                            Instant::ZERO,
+                            ConnectionConfig::default(),
+                        ))
+                    })
+                    .collect();
+                let agent = BenchAgent {
+                    breaker: CircuitBreaker::new(BreakerConfig::default()),
+                    balancer: Balancer::new(Strategy::RoundRobin, a as u64),
+                    affinity: affinity(100, CONNECTIONS_PER_AGENT),
+                    metrics: AgentMetrics::default(),
+                    connections: ArcSwap::from_pointee(conns),
+                };
+                (format!("agent-{a:04}"), Arc::new(agent))
+            })
+            .collect();
+        let published = ArcSwap::from_pointee(registry);
+        let metrics = ProtocolMetrics::default();
+        let id = format!("agent-{:04}", n / 2);
+        g.bench_function(BenchmarkId::new("agentwire", n), |b| {
+            b.iter(|| {
+                let t = now();
+                // pick: registry snapshot, agent by id, agent breaker, affinity, selection.
+                let registry = published.load();
+                let agent = registry.get(black_box(id.as_str())).expect("agent");
+                let permit = agent.breaker.try_admit(t).expect("agent breaker");
+                let preferred = agent.affinity.get(black_box("req-absent"), t);
+                let conns = agent.connections.load();
+                let index = agent
+                    .balancer
+                    .select_preferring(&conns, preferred, t)
+                    .index()
+                    .expect("selected");
+                let conn = Arc::clone(&conns[index]);
+                drop(conns);
+                // admission, then run's accounting around the (absent) send.
+                let guard = conn.try_acquire(t).expect("admitted");
+                metrics.requests.inc();
+                agent.metrics.requests.inc();
+                black_box(guard.finish(RequestOutcome::Success, t));
+                black_box(agent.breaker.record_success(permit));
+                metrics.responses.inc();
+                metrics.request_duration.record_micros(250);
+            })
+        });
+    }
+    g.finish();
 }
 
 fn reference_pool(c: &mut Criterion) {

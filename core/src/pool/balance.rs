@@ -146,8 +146,16 @@ fn nth_eligible<C: Borrow<ConnectionState>>(
 }
 
 /// One pass from a rotating start, keeping the eligible connection with the smallest key;
-/// the rotation breaks ties fairly.
-fn min_by_key<C, K, F>(connections: &[C], now: Instant, start: usize, key: F) -> Option<usize>
+/// the rotation breaks ties fairly. A key equal to `floor` (the smallest any connection can
+/// have) ends the pass early: nothing later could beat it, since only a strictly smaller key
+/// replaces the current best. An idle pool therefore costs one probe.
+fn min_by_key<C, K, F>(
+    connections: &[C],
+    now: Instant,
+    start: usize,
+    floor: &K,
+    key: F,
+) -> Option<usize>
 where
     C: Borrow<ConnectionState>,
     K: Ord,
@@ -155,17 +163,24 @@ where
 {
     let len = connections.len();
     let mut best: Option<(K, usize)> = None;
-    for step in 0..len {
-        let index = (start + step) % len;
+    let mut index = start;
+    for _ in 0..len {
         let connection = connections[index].borrow();
         if let Standing::Eligible { in_flight } = connection.standing(now) {
             let candidate = key(connection, in_flight);
+            if candidate == *floor {
+                return Some(index);
+            }
             if best
                 .as_ref()
                 .is_none_or(|(current, _)| candidate < *current)
             {
                 best = Some((candidate, index));
             }
+        }
+        index += 1;
+        if index == len {
+            index = 0;
         }
     }
     best.map(|(_, index)| index)
@@ -189,8 +204,13 @@ fn error_percent(connection: &ConnectionState) -> u64 {
 /// to rotate their tie-breaking. Equal inputs give equal outputs, which is what makes this
 /// testable; [`Balancer`] supplies fresh tickets.
 ///
-/// Cost: one or two passes of atomic loads over the slice (two loads per connection at
-/// most), no writes, no allocation.
+/// Cost: round robin, random and power-of-two-choices **probe** the connection(s) the ticket
+/// names first — one or two loads each, O(1) whatever the number of connections — and pass
+/// over the whole slice only when a probed connection is not eligible (then a census and a
+/// pick among the eligible ones, which keeps the distribution uniform over them and decides
+/// the refusal). Least-connections and health-weighted pass over the slice from a rotating
+/// start and stop at the first idle (and, for health-weighted, error-free) connection. Loads
+/// only: no writes, no allocation.
 pub fn select<C: Borrow<ConnectionState>>(
     strategy: Strategy,
     connections: &[C],
@@ -201,28 +221,65 @@ pub fn select<C: Borrow<ConnectionState>>(
     if len == 0 {
         return Selection::NoConnections;
     }
-    let rotation = (ticket % len as u64) as usize;
     let chosen = match strategy {
-        Strategy::LeastConnections => {
-            min_by_key(connections, now, rotation, |_, in_flight| in_flight)
-        }
-        Strategy::HealthWeighted => min_by_key(connections, now, rotation, |c, in_flight| {
-            (error_percent(c), in_flight)
-        }),
-        Strategy::RoundRobin | Strategy::Random | Strategy::PowerOfTwoChoices => {
+        Strategy::LeastConnections => min_by_key(
+            connections,
+            now,
+            rotation(ticket, len),
+            &0,
+            |_, in_flight| in_flight,
+        ),
+        Strategy::HealthWeighted => min_by_key(
+            connections,
+            now,
+            rotation(ticket, len),
+            &(0, 0),
+            |c, in_flight| (error_percent(c), in_flight),
+        ),
+        Strategy::RoundRobin => {
+            let index = rotation(ticket, len);
+            if eligible(connections, index, now).is_some() {
+                return Selection::Selected(index);
+            }
+            // The ticket's connection is out: spread its turn over the eligible ones. Within
+            // one residue class of `ticket % len`, `ticket / len` counts up by one per turn,
+            // so every eligible connection still gets exactly its share.
             let census = Census::take(connections, now);
             if census.eligible == 0 {
                 return census.refusal(len);
             }
+            let rank = ((ticket / len as u64) % census.eligible as u64) as usize;
+            nth_eligible(connections, now, rank).map(|(index, _)| index)
+        }
+        Strategy::Random | Strategy::PowerOfTwoChoices => {
             let random = wyrand(ticket.wrapping_mul(WY_INCREMENT));
-            match strategy {
-                Strategy::RoundRobin => {
-                    let rank = (ticket % census.eligible as u64) as usize;
-                    nth_eligible(connections, now, rank).map(|(index, _)| index)
+            let first = below(random, len);
+            if let Some(first_load) = eligible(connections, first, now) {
+                if strategy == Strategy::Random || len == 1 {
+                    return Selection::Selected(first);
                 }
-                Strategy::Random => nth_eligible(connections, now, below(random, census.eligible))
-                    .map(|(index, _)| index),
-                _ => two_choices(connections, now, census.eligible, random),
+                // A second, distinct connection: offset by 1..len from the first.
+                let second = (first + 1 + below(wyrand(random), len - 1)) % len;
+                if let Some(second_load) = eligible(connections, second, now) {
+                    return Selection::Selected(if second_load < first_load {
+                        second
+                    } else {
+                        first
+                    });
+                }
+            }
+            let census = Census::take(connections, now);
+            if census.eligible == 0 {
+                return census.refusal(len);
+            }
+            // Fresh bits: `wyrand(random)` already chose the second probe, and reusing it
+            // would tie the fallback's pick to where that probe missed.
+            let random = wyrand(wyrand(random));
+            if strategy == Strategy::Random {
+                nth_eligible(connections, now, below(random, census.eligible))
+                    .map(|(index, _)| index)
+            } else {
+                two_choices(connections, now, census.eligible, random)
             }
         }
     };
@@ -233,6 +290,30 @@ pub fn select<C: Borrow<ConnectionState>>(
     }
 }
 
+/// `ticket % len`, in 32-bit arithmetic when `len` allows (a 32-bit division is several times
+/// cheaper than a 64-bit one on common x86-64 parts; the rotation only needs to be fair, and
+/// the 32-bit ticket wraps every 2^32 selections, a single uneven step).
+fn rotation(ticket: u64, len: usize) -> usize {
+    match u32::try_from(len) {
+        Ok(len32) => (ticket as u32 % len32) as usize,
+        Err(_) => (ticket % len as u64) as usize,
+    }
+}
+
+/// The in-flight count of the connection at `index` if it is eligible.
+fn eligible<C: Borrow<ConnectionState>>(
+    connections: &[C],
+    index: usize,
+    now: Instant,
+) -> Option<u32> {
+    match connections[index].borrow().standing(now) {
+        Standing::Eligible { in_flight } => Some(in_flight),
+        _ => None,
+    }
+}
+
+/// Power of two choices among the `eligible` connections (by rank): the fallback when a
+/// probed connection was not eligible.
 fn two_choices<C: Borrow<ConnectionState>>(
     connections: &[C],
     now: Instant,
@@ -426,6 +507,48 @@ mod tests {
                 .unwrap()] += 1;
         }
         assert_eq!(hits, [100, 0, 100, 100]);
+    }
+
+    #[test]
+    fn round_robin_shares_stay_equal_when_probes_miss() {
+        // Two of four out, in the pattern where "next eligible after the miss" would send
+        // every missed turn to the same connection.
+        let conns = pool(4, 10);
+        conns[1].set_healthy(false);
+        conns[3].close();
+        let mut hits = [0_u32; 4];
+        for ticket in 0..400 {
+            hits[select(Strategy::RoundRobin, &conns, NOW, ticket)
+                .index()
+                .unwrap()] += 1;
+        }
+        assert_eq!(hits, [200, 0, 200, 0]);
+        // Large pools: one probe finds the ticket's connection.
+        let big = pool(1_000, 10);
+        for ticket in [0, 1, 999, 1_000, 123_456] {
+            assert_eq!(
+                select(Strategy::RoundRobin, &big, NOW, ticket),
+                Selection::Selected((ticket % 1_000) as usize)
+            );
+        }
+    }
+
+    #[test]
+    fn random_strategies_stay_uniform_over_eligible_when_probes_miss() {
+        let conns = pool(6, 10);
+        conns[0].set_healthy(false);
+        conns[1].pause();
+        conns[2].close();
+        for strategy in [Strategy::Random, Strategy::PowerOfTwoChoices] {
+            let mut hits = [0_u32; 6];
+            for ticket in 0..30_000 {
+                hits[select(strategy, &conns, NOW, ticket).index().unwrap()] += 1;
+            }
+            assert_eq!(hits[..3], [0, 0, 0], "{strategy:?}");
+            for h in &hits[3..] {
+                assert!((9_000..11_000).contains(h), "{strategy:?}: {hits:?}");
+            }
+        }
     }
 
     #[test]

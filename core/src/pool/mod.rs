@@ -21,8 +21,11 @@
 //!
 //! 1. **Admission** — [`Balancer::acquire`] (or [`select`] then
 //!    [`ConnectionState::try_acquire`]): selection only *loads* (one or two loads per
-//!    connection: the admission word, which packs in-flight count, limit and the
-//!    healthy/paused/closed flags, and the breaker word); the ticket is a relaxed
+//!    connection it looks at: the admission word, which packs in-flight count, limit and
+//!    the healthy/paused/closed flags, and the breaker word — round robin, random and power
+//!    of two choices look at the one or two connections their ticket names unless one of
+//!    those is not eligible, least-connections stops at the first idle connection, so an
+//!    agent's connection count does not show in the common case); the ticket is a relaxed
 //!    `fetch_add` that orders nothing; then **one compare-and-swap** checks "open, not
 //!    paused, below the limit" and counts the request in, atomically with any concurrent
 //!    pause, close or limit change (a breaker in half-open adds one CAS to claim the probe,

@@ -244,7 +244,9 @@ impl Control {
     }
 }
 
-type Registry = HashMap<String, Arc<Agent>>;
+/// The hot path hashes the agent id once per event: foldhash (seeded per map) rather than
+/// SipHash. Agent ids come from configuration, not from clients.
+type Registry = HashMap<String, Arc<Agent>, foldhash::fast::RandomState>;
 
 pub(crate) struct PoolInner<R: Runtime> {
     pub(crate) runtime: R,
@@ -371,7 +373,7 @@ impl<R: Runtime> AgentPool<R> {
             metrics: Arc::new(ProtocolMetrics::new(config.metrics)),
             config,
             agents: DashMap::new(),
-            published: ArcSwap::from_pointee(Registry::new()),
+            published: ArcSwap::from_pointee(Registry::default()),
             publish_lock: Mutex::new(()),
             connectors: RwLock::new(connectors),
             next_connection: AtomicU64::new(1),
@@ -629,8 +631,19 @@ impl<R: Runtime> AgentPool<R> {
         }
     }
 
+    /// Forgets the correlation and sticky bindings of `correlation_id` on agent `agent_id`
+    /// (one registry lookup; see [`clear_affinity`](Self::clear_affinity) when the agents
+    /// are not known).
+    pub fn clear_affinity_of(&self, agent_id: &str, correlation_id: &str) {
+        if let Some(agent) = self.inner.published.load().get(agent_id) {
+            agent.core.clear_affinity(correlation_id);
+        }
+    }
+
     /// Forgets the correlation and sticky bindings of `correlation_id` on every agent (call it
-    /// when a request ends without a RequestComplete).
+    /// when a request ends without a RequestComplete). Visits every agent — O(agents), though
+    /// an agent whose maps are empty costs one load — so a caller that knows which agents saw
+    /// the request should prefer [`clear_affinity_of`](Self::clear_affinity_of).
     pub fn clear_affinity(&self, correlation_id: &str) {
         for agent in self.inner.published.load().values() {
             agent.core.clear_affinity(correlation_id);
