@@ -410,6 +410,14 @@ impl AgentGateway {
             .map_or(&[][..], |r| self.config.routes[r].agents.as_slice())
     }
 
+    /// Forgets the request's affinity on the agents of its route only: `AgentPool::clear_affinity`
+    /// would visit every agent of the pool on every request.
+    fn forget_affinity(&self, ctx: &RequestState) {
+        for agent in self.agents(ctx) {
+            self.pool.clear_affinity_of(&agent.id, &ctx.correlation_id);
+        }
+    }
+
     fn mode(&self, ctx: &RequestState) -> CallMode {
         ctx.route
             .map_or(CallMode::Sequential, |r| self.config.routes[r].mode)
@@ -641,7 +649,7 @@ impl AgentGateway {
             }
         });
         futures_util::future::join_all(calls).await;
-        self.pool.clear_affinity(&ctx.correlation_id);
+        self.forget_affinity(ctx);
     }
 }
 
@@ -765,7 +773,7 @@ impl ProxyHttp for AgentGateway {
             Err(reply) => {
                 ctx.response_status = reply.status;
                 write_reply(session, &reply).await?;
-                self.pool.clear_affinity(&ctx.correlation_id);
+                self.forget_affinity(ctx);
                 Ok(true)
             }
         }
@@ -958,7 +966,7 @@ impl ProxyHttp for AgentGateway {
             if let Some(tap) = tap {
                 tap.abort();
             }
-            self.pool.clear_affinity(&state.correlation_id);
+            self.forget_affinity(&state);
         }
     }
 }
