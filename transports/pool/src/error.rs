@@ -86,6 +86,13 @@ impl fmt::Display for SkipReason {
 }
 
 /// Why a pool call failed.
+///
+/// Several of these are decided from atomics alone and returned without the call ever
+/// waiting (`UnknownAgent`, `CircuitOpen`, `NoHealthyConnection`, a fail-fast
+/// `FlowControlPaused`): such a call does not yield to the scheduler. A caller that retries in a
+/// loop must back off between attempts (a timer, or at least a yield), or it can starve the
+/// tasks that would repair the agent — the maintenance task and the connections' own readers
+/// and writers — on the same worker thread.
 #[derive(Debug)]
 pub enum PoolError {
     /// No agent with this id is registered.
