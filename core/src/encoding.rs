@@ -864,6 +864,12 @@ pub fn decode_event(
 ) -> Result<Event, DecodeError> {
     Ok(match kind {
         MessageType::RequestHeaders => {
+            #[cfg(feature = "msgpack")]
+            if encoding == Encoding::Msgpack
+                && let Some(e) = crate::msgpack_fast::request_headers(payload)
+            {
+                return Ok(Event::RequestHeaders(e));
+            }
             Event::RequestHeaders(decode_payload(kind, payload, encoding)?)
         }
         MessageType::RequestBodyChunk | MessageType::ResponseBodyChunk => {
@@ -889,6 +895,12 @@ pub fn decode_event(
             }
         }
         MessageType::ResponseHeaders => {
+            #[cfg(feature = "msgpack")]
+            if encoding == Encoding::Msgpack
+                && let Some(e) = crate::msgpack_fast::response_headers(payload)
+            {
+                return Ok(Event::ResponseHeaders(e));
+            }
             Event::ResponseHeaders(decode_payload(kind, payload, encoding)?)
         }
         MessageType::RequestComplete => {

@@ -11,9 +11,9 @@ use smallvec::SmallVec;
 pub type HeaderValues = SmallVec<[String; 1]>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    name: String,
-    values: HeaderValues,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) values: HeaderValues,
 }
 
 /// A multi-valued header map, wire form `{"name": ["value", ...]}`.
@@ -115,6 +115,32 @@ impl Headers {
     }
 }
 
+/// One `name: [values]` pair in wire order, before [`Headers::from_decoded`].
+pub(crate) type DecodedEntry = Entry;
+
+/// Decoded pairs in wire order.
+pub(crate) type DecodedEntries = SmallVec<[Entry; 8]>;
+
+impl Headers {
+    /// The map for pairs in wire order, as every decoder builds it: sorted once (n log n, even
+    /// for a hostile 100 000 names) instead of inserting in order; a repeated name keeps its
+    /// last occurrence, as a map decoder would.
+    pub(crate) fn from_decoded(mut entries: DecodedEntries) -> Headers {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if entries.windows(2).all(|w| w[0].name != w[1].name) {
+            return Headers { entries };
+        }
+        let mut deduped: SmallVec<[Entry; 8]> = SmallVec::with_capacity(entries.len());
+        for e in entries {
+            match deduped.last_mut() {
+                Some(last) if last.name == e.name => *last = e,
+                _ => deduped.push(e),
+            }
+        }
+        Headers { entries: deduped }
+    }
+}
+
 impl<N, V> FromIterator<(N, V)> for Headers
 where
     N: Into<String> + AsRef<str>,
@@ -163,23 +189,13 @@ impl<'de> Deserialize<'de> for Headers {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
                 // The size hint comes from the peer: cap what we reserve on its word.
-                let mut entries: SmallVec<[Entry; 8]> =
+                let mut entries: DecodedEntries =
                     SmallVec::with_capacity(access.size_hint().unwrap_or(0).min(64));
                 while let Some(name) = access.next_key::<String>()? {
                     let values = access.next_value_seed(ValuesSeed)?;
-                    entries.push(Entry { name, values });
+                    entries.push(DecodedEntry { name, values });
                 }
-                // Sort once (n log n, even for a hostile 100 000 names) instead of inserting in
-                // order; a repeated name keeps its last occurrence, as a map decoder would.
-                entries.sort_by(|a, b| a.name.cmp(&b.name));
-                let mut deduped: SmallVec<[Entry; 8]> = SmallVec::with_capacity(entries.len());
-                for e in entries {
-                    match deduped.last_mut() {
-                        Some(last) if last.name == e.name => *last = e,
-                        _ => deduped.push(e),
-                    }
-                }
-                Ok(Headers { entries: deduped })
+                Ok(Headers::from_decoded(entries))
             }
         }
         deserializer.deserialize_map(HeadersVisitor)

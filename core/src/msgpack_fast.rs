@@ -1,0 +1,364 @@
+//! A direct MessagePack decoder for the two header events, the hot path of every request.
+//!
+//! It reads exactly the shape agentwire and the reference write (`to_vec_named`: maps keyed by
+//! field name, strings as `str`, ports as unsigned integers, absent options as `nil` or
+//! omitted) and gives up — returning `None` — on anything else: unknown or repeated keys, a
+//! missing required key, another type, a truncated payload, invalid UTF-8. The caller then runs
+//! the serde decoder, which accepts or refuses the payload exactly as before, so this path only
+//! ever changes how fast a payload is decoded, never whether or into what (see the
+//! differential tests below). Allocation is bounded by the payload as in the serde path: one
+//! `String` per string read, header entries reserved up to 64 on the peer's word.
+
+use crate::message::{
+    DecodedEntries, DecodedEntry, HeaderValues, Headers, RequestHeaders, RequestMetadata,
+    ResponseHeaders,
+};
+use alloc::string::String;
+use smallvec::SmallVec;
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    #[inline]
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    #[inline]
+    fn be(&mut self, n: usize) -> Option<u64> {
+        let mut v = 0u64;
+        for &b in self.take(n)? {
+            v = (v << 8) | u64::from(b);
+        }
+        Some(v)
+    }
+
+    #[inline]
+    fn len(&mut self, n: usize) -> Option<usize> {
+        usize::try_from(self.be(n)?).ok()
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            b @ 0x80..=0x8f => Some(usize::from(b & 0x0f)),
+            0xde => self.len(2),
+            0xdf => self.len(4),
+            _ => None,
+        }
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            b @ 0x90..=0x9f => Some(usize::from(b & 0x0f)),
+            0xdc => self.len(2),
+            0xdd => self.len(4),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn str(&mut self) -> Option<&'a str> {
+        let len = match self.byte()? {
+            b @ 0xa0..=0xbf => usize::from(b & 0x1f),
+            0xd9 => self.len(1)?,
+            0xda => self.len(2)?,
+            0xdb => self.len(4)?,
+            _ => return None,
+        };
+        core::str::from_utf8(self.take(len)?).ok()
+    }
+
+    #[inline]
+    fn string(&mut self) -> Option<String> {
+        self.str().map(String::from)
+    }
+
+    fn opt_string(&mut self) -> Option<Option<String>> {
+        if self.buf.get(self.pos) == Some(&0xc0) {
+            self.pos += 1;
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        let v = match self.byte()? {
+            b @ 0x00..=0x7f => u64::from(b),
+            0xcc => self.be(1)?,
+            0xcd => self.be(2)?,
+            0xce => self.be(4)?,
+            0xcf => self.be(8)?,
+            _ => return None,
+        };
+        u16::try_from(v).ok()
+    }
+
+    fn headers(&mut self) -> Option<Headers> {
+        let n = self.map_len()?;
+        let mut entries: DecodedEntries = SmallVec::with_capacity(n.min(64));
+        for _ in 0..n {
+            let name = self.string()?;
+            let count = self.array_len()?;
+            let mut values = HeaderValues::new();
+            for _ in 0..count {
+                values.push(self.string()?);
+            }
+            entries.push(DecodedEntry { name, values });
+        }
+        Some(Headers::from_decoded(entries))
+    }
+
+    fn metadata(&mut self) -> Option<RequestMetadata> {
+        // Bits of the keys seen, in declaration order.
+        const REQUIRED: u16 = 1 << 0 | 1 << 1 | 1 << 2 | 1 << 3 | 1 << 5 | 1 << 10;
+        let n = self.map_len()?;
+        let mut m = RequestMetadata::default();
+        let mut seen = 0u16;
+        for _ in 0..n {
+            let bit = match self.str()? {
+                "correlation_id" => 0,
+                "request_id" => 1,
+                "client_ip" => 2,
+                "client_port" => 3,
+                "server_name" => 4,
+                "protocol" => 5,
+                "tls_version" => 6,
+                "tls_cipher" => 7,
+                "route_id" => 8,
+                "upstream_id" => 9,
+                "timestamp" => 10,
+                "traceparent" => 11,
+                _ => return None,
+            };
+            if seen & (1 << bit) != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+            match bit {
+                0 => m.correlation_id = self.string()?,
+                1 => m.request_id = self.string()?,
+                2 => m.client_ip = self.string()?,
+                3 => m.client_port = self.u16()?,
+                4 => m.server_name = self.opt_string()?,
+                5 => m.protocol = self.string()?,
+                6 => m.tls_version = self.opt_string()?,
+                7 => m.tls_cipher = self.opt_string()?,
+                8 => m.route_id = self.opt_string()?,
+                9 => m.upstream_id = self.opt_string()?,
+                10 => m.timestamp = self.string()?,
+                _ => m.traceparent = self.opt_string()?,
+            }
+        }
+        (seen & REQUIRED == REQUIRED).then_some(m)
+    }
+}
+
+/// Request headers in the canonical MessagePack shape, or `None` (use the serde decoder).
+pub(crate) fn request_headers(payload: &[u8]) -> Option<RequestHeaders> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let n = r.map_len()?;
+    let (mut metadata, mut method, mut uri, mut headers) = (None, None, None, None);
+    for _ in 0..n {
+        match r.str()? {
+            "metadata" if metadata.is_none() => metadata = Some(r.metadata()?),
+            "method" if method.is_none() => method = Some(r.string()?),
+            "uri" if uri.is_none() => uri = Some(r.string()?),
+            "headers" if headers.is_none() => headers = Some(r.headers()?),
+            _ => return None,
+        }
+    }
+    Some(RequestHeaders {
+        metadata: metadata?,
+        method: method?,
+        uri: uri?,
+        headers: headers?,
+    })
+}
+
+/// Response headers in the canonical MessagePack shape, or `None` (use the serde decoder).
+pub(crate) fn response_headers(payload: &[u8]) -> Option<ResponseHeaders> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let n = r.map_len()?;
+    let (mut correlation_id, mut status, mut headers) = (None, None, None);
+    for _ in 0..n {
+        match r.str()? {
+            "correlation_id" if correlation_id.is_none() => correlation_id = Some(r.string()?),
+            "status" if status.is_none() => status = Some(r.u16()?),
+            "headers" if headers.is_none() => headers = Some(r.headers()?),
+            _ => return None,
+        }
+    }
+    Some(ResponseHeaders {
+        correlation_id: correlation_id?,
+        status: status?,
+        headers: headers?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{WireFormat, decode_payload, encode_event};
+    use crate::frame::{HEADER_LEN, MessageType};
+    use crate::message::{Encoding, Event};
+    use alloc::vec::Vec;
+    use bytes::BytesMut;
+
+    fn request(traceparent: bool, tls: bool) -> RequestHeaders {
+        let mut headers = Headers::new();
+        for (n, v) in [
+            ("host", "api.example.com"),
+            ("user-agent", "Mozilla/5.0 é"),
+            ("accept", "application/json"),
+            ("x-multi", "1"),
+            ("x-multi", "2"),
+            ("content-type", "application/json"),
+        ] {
+            headers.append(n, v);
+        }
+        RequestHeaders {
+            metadata: RequestMetadata {
+                correlation_id: "req-1".into(),
+                request_id: "r".into(),
+                client_ip: "10.0.0.1".into(),
+                client_port: 54321,
+                server_name: Some("api.example.com".into()),
+                protocol: "HTTP/1.1".into(),
+                tls_version: tls.then(|| "TLSv1.3".into()),
+                tls_cipher: tls.then(|| "x".repeat(300)),
+                route_id: Some("api".into()),
+                upstream_id: None,
+                timestamp: "2026-01-01T00:00:00Z".into(),
+                traceparent: traceparent.then(|| "00-abc-def-01".into()),
+            },
+            method: "POST".into(),
+            uri: "/v1/orders?limit=10".into(),
+            headers,
+        }
+    }
+
+    fn payload(event: &Event) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode_event(
+            event,
+            WireFormat::new(Encoding::Msgpack),
+            u32::MAX,
+            &mut out,
+        )
+        .unwrap();
+        out[HEADER_LEN..].to_vec()
+    }
+
+    /// Whatever the fast path returns, the serde decoder returns too.
+    fn agrees(kind: MessageType, p: &[u8]) -> bool {
+        match kind {
+            MessageType::RequestHeaders => match request_headers(p) {
+                Some(fast) => {
+                    assert_eq!(
+                        decode_payload::<RequestHeaders>(kind, p, Encoding::Msgpack).as_ref(),
+                        Ok(&fast),
+                        "{p:02x?}"
+                    );
+                    true
+                }
+                None => false,
+            },
+            _ => match response_headers(p) {
+                Some(fast) => {
+                    assert_eq!(
+                        decode_payload::<ResponseHeaders>(kind, p, Encoding::Msgpack).as_ref(),
+                        Ok(&fast),
+                        "{p:02x?}"
+                    );
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    #[test]
+    fn canonical_payloads_take_the_fast_path_and_agree_under_mutation() {
+        let mut events = Vec::new();
+        for (tp, tls) in [(false, false), (true, true), (true, false)] {
+            events.push(Event::RequestHeaders(request(tp, tls)));
+        }
+        events.push(Event::ResponseHeaders(ResponseHeaders {
+            correlation_id: "req-1".into(),
+            status: 404,
+            headers: request(false, false).headers,
+        }));
+        events.push(Event::ResponseHeaders(ResponseHeaders::default()));
+        for event in &events {
+            let kind = event.message_type();
+            let p = payload(event);
+            assert!(agrees(kind, &p), "canonical payload refused: {event:?}");
+            for cut in 0..p.len() {
+                agrees(kind, &p[..cut]);
+            }
+            for i in 0..p.len() {
+                for b in [
+                    0x00, 0x01, 0x7f, 0x80, 0x90, 0xa1, 0xc0, 0xcc, 0xcd, 0xd9, 0xff,
+                ] {
+                    let mut m = p.clone();
+                    m[i] = b;
+                    agrees(kind, &m);
+                    m[i] = p[i] ^ 0x01;
+                    agrees(kind, &m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_shapes_fall_back() {
+        // Repeated key, unknown key, integer port of another width, `nil` header list.
+        let repeated = b"\x81\xa3uri\xa1/";
+        assert!(request_headers(repeated).is_none());
+        let mut unknown = payload(&Event::RequestHeaders(request(false, false)));
+        unknown[0] += 1;
+        unknown.extend_from_slice(b"\xa1x\xc0");
+        assert!(!agrees(MessageType::RequestHeaders, &unknown));
+        assert!(
+            decode_payload::<RequestHeaders>(
+                MessageType::RequestHeaders,
+                &unknown,
+                Encoding::Msgpack
+            )
+            .is_ok()
+        );
+        assert!(
+            response_headers(b"\x83\xaecorrelation_id\xa1a\xa6status\xd1\x01\x00\xa7headers\x80")
+                .is_none()
+        );
+        assert!(
+            response_headers(
+                b"\x83\xaecorrelation_id\xa1a\xa6status\xcd\x01\x00\xa7headers\x81\xa1a\xc0"
+            )
+            .is_none()
+        );
+        assert!(
+            response_headers(b"\x83\xaecorrelation_id\xa1a\xa6status\xcd\x01\x00\xa7headers\x80")
+                .is_some()
+        );
+    }
+}
