@@ -266,6 +266,18 @@ pub fn encode_frame_of<T: Serialize + ?Sized>(
     })
 }
 
+/// Decodes an agent's answer (`0x20`): [`decode_message`] with a direct path for the plain
+/// Allow answers MessagePack agents send for nearly every event.
+pub fn decode_response(payload: &[u8], encoding: Encoding) -> Result<AgentResponse, DecodeError> {
+    #[cfg(feature = "msgpack")]
+    if encoding == Encoding::Msgpack
+        && let Some(r) = crate::msgpack_fast::agent_response(payload)
+    {
+        return Ok(r);
+    }
+    decode_message(MessageType::AgentResponse, payload, encoding)
+}
+
 /// Decodes an owned message of type `T`.
 pub fn decode_message<T: DeserializeOwned>(
     kind: MessageType,

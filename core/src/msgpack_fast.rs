@@ -10,8 +10,8 @@
 //! `String` per string read, header entries reserved up to 64 on the peer's word.
 
 use crate::message::{
-    DecodedEntries, DecodedEntry, HeaderValues, Headers, RequestHeaders, RequestMetadata,
-    ResponseHeaders,
+    AgentResponse, AnyValue, Audit, DecodedEntries, DecodedEntry, HeaderValues, Headers,
+    RequestHeaders, RequestMetadata, ResponseHeaders,
 };
 use alloc::string::String;
 use smallvec::SmallVec;
@@ -214,6 +214,113 @@ pub(crate) fn response_headers(payload: &[u8]) -> Option<ResponseHeaders> {
     })
 }
 
+impl Reader<'_> {
+    fn nil(&mut self) -> Option<()> {
+        (self.byte()? == 0xc0).then_some(())
+    }
+
+    fn empty_array(&mut self) -> Option<()> {
+        (self.array_len()? == 0).then_some(())
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        let v = match self.byte()? {
+            b @ 0x00..=0x7f => u64::from(b),
+            0xcc => self.be(1)?,
+            0xcd => self.be(2)?,
+            0xce => self.be(4)?,
+            0xcf => self.be(8)?,
+            _ => return None,
+        };
+        u32::try_from(v).ok()
+    }
+
+    fn audit(&mut self) -> Option<Audit> {
+        let n = self.map_len()?;
+        let mut audit = Audit::default();
+        let mut seen = 0u8;
+        for _ in 0..n {
+            let bit = match self.str()? {
+                "tags" => 0,
+                "rule_ids" => 1,
+                "confidence" => 2,
+                "reason_codes" => 3,
+                "custom" => 4,
+                _ => return None,
+            };
+            if seen & (1 << bit) != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+            match bit {
+                0..=3 if bit == 2 => self.nil()?,
+                0..=3 => self.empty_array()?,
+                _ => {
+                    for _ in 0..self.map_len()? {
+                        let key = self.str()?;
+                        let value = self.str()?;
+                        if audit.custom.contains_key(key) {
+                            return None;
+                        }
+                        audit
+                            .custom
+                            .insert(String::from(key), AnyValue::from(value));
+                    }
+                }
+            }
+        }
+        Some(audit)
+    }
+}
+
+/// An agent response in the canonical MessagePack shape of a plain Allow (no mutations, no
+/// audit besides string `custom` values), or `None` (use the serde decoder).
+pub(crate) fn agent_response(payload: &[u8]) -> Option<AgentResponse> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let n = r.map_len()?;
+    let mut response = AgentResponse::allow();
+    let mut seen = 0u16;
+    for _ in 0..n {
+        let bit = match r.str()? {
+            "version" => 0,
+            "decision" => 1,
+            "request_headers" => 2,
+            "response_headers" => 3,
+            "routing_metadata" => 4,
+            "audit" => 5,
+            "needs_more" => 6,
+            "request_body_mutation" => 7,
+            "response_body_mutation" => 8,
+            "websocket_decision" => 9,
+            _ => return None,
+        };
+        if seen & (1 << bit) != 0 {
+            return None;
+        }
+        seen |= 1 << bit;
+        match bit {
+            0 => response.version = r.u32()?,
+            1 => (r.str()? == "allow").then_some(())?,
+            2 | 3 => r.empty_array()?,
+            4 => (r.map_len()? == 0).then_some(())?,
+            5 => response.audit = r.audit()?,
+            6 => {
+                response.needs_more = match r.byte()? {
+                    0xc2 => false,
+                    0xc3 => true,
+                    _ => return None,
+                }
+            }
+            _ => r.nil()?,
+        }
+    }
+    // `version` and `decision` have no default.
+    (seen & 0b11 == 0b11).then_some(response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +431,66 @@ mod tests {
                     agrees(kind, &m);
                     m[i] = p[i] ^ 0x01;
                     agrees(kind, &m);
+                }
+            }
+        }
+    }
+
+    /// Whatever the response fast path returns, the serde decoder returns too.
+    fn response_agrees(p: &[u8]) -> bool {
+        match agent_response(p) {
+            Some(fast) => {
+                assert_eq!(
+                    decode_payload::<AgentResponse>(
+                        MessageType::AgentResponse,
+                        p,
+                        Encoding::Msgpack
+                    )
+                    .as_ref(),
+                    Ok(&fast),
+                    "{p:02x?}"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn plain_allow_responses_take_the_fast_path_and_agree_under_mutation() {
+        let mut tagged = AgentResponse::allow();
+        tagged.audit.custom.insert("a".into(), AnyValue::from("x"));
+        tagged.needs_more = true;
+        let mut block = AgentResponse::block(403);
+        block.audit.tags.push("t".into());
+        for (response, fast) in [
+            (AgentResponse::allow(), true),
+            (tagged, true),
+            (block, false),
+        ] {
+            let mut out = BytesMut::new();
+            crate::encoding::encode_response(
+                &response,
+                "req-1",
+                Encoding::Msgpack,
+                u32::MAX,
+                &mut out,
+            )
+            .unwrap();
+            let p = out[HEADER_LEN..].to_vec();
+            assert_eq!(response_agrees(&p), fast, "{response:?}");
+            for cut in 0..p.len() {
+                response_agrees(&p[..cut]);
+            }
+            for i in 0..p.len() {
+                for b in [
+                    0x00, 0x01, 0x7f, 0x80, 0x90, 0xa1, 0xc0, 0xc2, 0xc3, 0xcc, 0xd9, 0xff,
+                ] {
+                    let mut m = p.clone();
+                    m[i] = b;
+                    response_agrees(&m);
+                    m[i] = p[i] ^ 0x01;
+                    response_agrees(&m);
                 }
             }
         }
