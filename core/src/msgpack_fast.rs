@@ -9,6 +9,7 @@
 //! differential tests below). Allocation is bounded by the payload as in the serde path: one
 //! `String` per string read, header entries reserved up to 64 on the peer's word.
 
+use crate::message::name_from_str;
 use crate::message::{
     AgentResponse, AnyValue, Audit, DecodedEntries, DecodedEntry, HeaderValues, Headers,
     RequestHeaders, RequestMetadata, ResponseHeaders,
@@ -110,7 +111,7 @@ impl<'a> Reader<'a> {
         let n = self.map_len()?;
         let mut entries: DecodedEntries = SmallVec::with_capacity(n.min(64));
         for _ in 0..n {
-            let name = self.string()?;
+            let name = name_from_str(self.str()?);
             let count = self.array_len()?;
             let mut values = HeaderValues::new();
             for _ in 0..count {
