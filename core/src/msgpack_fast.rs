@@ -70,8 +70,10 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The bytes of a `str`, not checked as UTF-8: keys are only compared with known ASCII
+    /// names (a key that is not one of them sends the payload to the serde decoder).
     #[inline]
-    fn str(&mut self) -> Option<&'a str> {
+    fn key(&mut self) -> Option<&'a [u8]> {
         let len = match self.byte()? {
             b @ 0xa0..=0xbf => usize::from(b & 0x1f),
             0xd9 => self.len(1)?,
@@ -79,7 +81,12 @@ impl<'a> Reader<'a> {
             0xdb => self.len(4)?,
             _ => return None,
         };
-        core::str::from_utf8(self.take(len)?).ok()
+        self.take(len)
+    }
+
+    #[inline]
+    fn str(&mut self) -> Option<&'a str> {
+        core::str::from_utf8(self.key()?).ok()
     }
 
     #[inline]
@@ -129,19 +136,19 @@ impl<'a> Reader<'a> {
         let mut m = RequestMetadata::default();
         let mut seen = 0u16;
         for _ in 0..n {
-            let bit = match self.str()? {
-                "correlation_id" => 0,
-                "request_id" => 1,
-                "client_ip" => 2,
-                "client_port" => 3,
-                "server_name" => 4,
-                "protocol" => 5,
-                "tls_version" => 6,
-                "tls_cipher" => 7,
-                "route_id" => 8,
-                "upstream_id" => 9,
-                "timestamp" => 10,
-                "traceparent" => 11,
+            let bit = match self.key()? {
+                b"correlation_id" => 0,
+                b"request_id" => 1,
+                b"client_ip" => 2,
+                b"client_port" => 3,
+                b"server_name" => 4,
+                b"protocol" => 5,
+                b"tls_version" => 6,
+                b"tls_cipher" => 7,
+                b"route_id" => 8,
+                b"upstream_id" => 9,
+                b"timestamp" => 10,
+                b"traceparent" => 11,
                 _ => return None,
             };
             if seen & (1 << bit) != 0 {
@@ -176,11 +183,11 @@ pub(crate) fn request_headers(payload: &[u8]) -> Option<RequestHeaders> {
     let n = r.map_len()?;
     let (mut metadata, mut method, mut uri, mut headers) = (None, None, None, None);
     for _ in 0..n {
-        match r.str()? {
-            "metadata" if metadata.is_none() => metadata = Some(r.metadata()?),
-            "method" if method.is_none() => method = Some(r.string()?),
-            "uri" if uri.is_none() => uri = Some(r.string()?),
-            "headers" if headers.is_none() => headers = Some(r.headers()?),
+        match r.key()? {
+            b"metadata" if metadata.is_none() => metadata = Some(r.metadata()?),
+            b"method" if method.is_none() => method = Some(r.string()?),
+            b"uri" if uri.is_none() => uri = Some(r.string()?),
+            b"headers" if headers.is_none() => headers = Some(r.headers()?),
             _ => return None,
         }
     }
@@ -201,10 +208,10 @@ pub(crate) fn response_headers(payload: &[u8]) -> Option<ResponseHeaders> {
     let n = r.map_len()?;
     let (mut correlation_id, mut status, mut headers) = (None, None, None);
     for _ in 0..n {
-        match r.str()? {
-            "correlation_id" if correlation_id.is_none() => correlation_id = Some(r.string()?),
-            "status" if status.is_none() => status = Some(r.u16()?),
-            "headers" if headers.is_none() => headers = Some(r.headers()?),
+        match r.key()? {
+            b"correlation_id" if correlation_id.is_none() => correlation_id = Some(r.string()?),
+            b"status" if status.is_none() => status = Some(r.u16()?),
+            b"headers" if headers.is_none() => headers = Some(r.headers()?),
             _ => return None,
         }
     }
@@ -241,12 +248,12 @@ impl Reader<'_> {
         let mut audit = Audit::default();
         let mut seen = 0u8;
         for _ in 0..n {
-            let bit = match self.str()? {
-                "tags" => 0,
-                "rule_ids" => 1,
-                "confidence" => 2,
-                "reason_codes" => 3,
-                "custom" => 4,
+            let bit = match self.key()? {
+                b"tags" => 0,
+                b"rule_ids" => 1,
+                b"confidence" => 2,
+                b"reason_codes" => 3,
+                b"custom" => 4,
                 _ => return None,
             };
             if seen & (1 << bit) != 0 {
@@ -285,17 +292,17 @@ pub(crate) fn agent_response(payload: &[u8]) -> Option<AgentResponse> {
     let mut response = AgentResponse::allow();
     let mut seen = 0u16;
     for _ in 0..n {
-        let bit = match r.str()? {
-            "version" => 0,
-            "decision" => 1,
-            "request_headers" => 2,
-            "response_headers" => 3,
-            "routing_metadata" => 4,
-            "audit" => 5,
-            "needs_more" => 6,
-            "request_body_mutation" => 7,
-            "response_body_mutation" => 8,
-            "websocket_decision" => 9,
+        let bit = match r.key()? {
+            b"version" => 0,
+            b"decision" => 1,
+            b"request_headers" => 2,
+            b"response_headers" => 3,
+            b"routing_metadata" => 4,
+            b"audit" => 5,
+            b"needs_more" => 6,
+            b"request_body_mutation" => 7,
+            b"response_body_mutation" => 8,
+            b"websocket_decision" => 9,
             _ => return None,
         };
         if seen & (1 << bit) != 0 {
@@ -304,7 +311,7 @@ pub(crate) fn agent_response(payload: &[u8]) -> Option<AgentResponse> {
         seen |= 1 << bit;
         match bit {
             0 => response.version = r.u32()?,
-            1 => (r.str()? == "allow").then_some(())?,
+            1 => (r.key()? == b"allow").then_some(())?,
             2 | 3 => r.empty_array()?,
             4 => (r.map_len()? == 0).then_some(())?,
             5 => response.audit = r.audit()?,
