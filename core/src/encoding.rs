@@ -379,7 +379,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataRef<'a> {
 // ---------------------------------------------------------------------------------------------
 // Event views: the exact key order and byte forms of each encoding
 
-struct RequestHeadersWire<'a>(&'a RequestHeaders, WireFormat);
+pub(crate) struct RequestHeadersWire<'a>(pub(crate) &'a RequestHeaders, pub(crate) WireFormat);
 struct MetadataJson<'a>(&'a RequestMetadata);
 struct MetadataMsgpack<'a>(&'a RequestMetadata);
 struct BodyChunkWire<'a> {
@@ -624,6 +624,23 @@ pub fn encode_event(
     let enc = format.encoding;
     let json = enc == Encoding::Json;
     match event {
+        #[cfg(feature = "msgpack")]
+        Event::RequestHeaders(e) if enc == Encoding::Msgpack => {
+            match encode_frame_with(kind, max_frame_len, out, |o| {
+                crate::msgpack_fast::write_request_headers(e, o).ok_or(())
+            }) {
+                Ok(()) => Ok(()),
+                Err(FrameEncodeError::Frame(e)) => Err(EncodeError::Frame(e)),
+                // Longer than MessagePack can say: the serde encoder reports it.
+                Err(FrameEncodeError::Payload(())) => encode_frame_of(
+                    kind,
+                    &RequestHeadersWire(e, format),
+                    enc,
+                    max_frame_len,
+                    out,
+                ),
+            }
+        }
         Event::RequestHeaders(e) => encode_frame_of(
             kind,
             &RequestHeadersWire(e, format),

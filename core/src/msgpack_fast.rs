@@ -15,6 +15,7 @@ use crate::message::{
     RequestHeaders, RequestMetadata, ResponseHeaders,
 };
 use alloc::string::String;
+use bytes::{BufMut, BytesMut};
 use smallvec::SmallVec;
 
 struct Reader<'a> {
@@ -329,6 +330,121 @@ pub(crate) fn agent_response(payload: &[u8]) -> Option<AgentResponse> {
     (seen & 0b11 == 0b11).then_some(response)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Encoding request headers: the bytes rmp-serde writes for `RequestHeadersWire` (maps in
+// declaration order, smallest integer and length forms), written straight into the buffer.
+
+fn put_len(
+    out: &mut BytesMut,
+    len: usize,
+    fix: u8,
+    fix_max: usize,
+    m8: Option<u8>,
+    m16: u8,
+    m32: u8,
+) -> Option<()> {
+    if len <= fix_max {
+        out.put_u8(fix | len as u8);
+    } else if let Some(m8) = m8.filter(|_| len <= 0xff) {
+        out.put_slice(&[m8, len as u8]);
+    } else if len <= 0xffff {
+        out.put_u8(m16);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(m32);
+        out.put_u32(u32::try_from(len).ok()?);
+    }
+    Some(())
+}
+
+#[inline]
+fn put_str(out: &mut BytesMut, s: &str) -> Option<()> {
+    put_len(out, s.len(), 0xa0, 31, Some(0xd9), 0xda, 0xdb)?;
+    out.put_slice(s.as_bytes());
+    Some(())
+}
+
+#[inline]
+fn put_map(out: &mut BytesMut, len: usize) -> Option<()> {
+    put_len(out, len, 0x80, 15, None, 0xde, 0xdf)
+}
+
+#[inline]
+fn put_array(out: &mut BytesMut, len: usize) -> Option<()> {
+    put_len(out, len, 0x90, 15, None, 0xdc, 0xdd)
+}
+
+fn put_opt(out: &mut BytesMut, s: Option<&String>) -> Option<()> {
+    match s {
+        Some(s) => put_str(out, s),
+        None => {
+            out.put_u8(0xc0);
+            Some(())
+        }
+    }
+}
+
+fn put_u16(out: &mut BytesMut, v: u16) {
+    if v < 0x80 {
+        out.put_u8(v as u8);
+    } else if v <= 0xff {
+        out.put_slice(&[0xcc, v as u8]);
+    } else {
+        out.put_u8(0xcd);
+        out.put_u16(v);
+    }
+}
+
+/// Appends request headers as MessagePack; `None` (with `out` partly written: the caller
+/// rolls back) only for a string or map longer than MessagePack can say.
+pub(crate) fn write_request_headers(e: &RequestHeaders, out: &mut BytesMut) -> Option<()> {
+    let m = &e.metadata;
+    out.reserve(256);
+    put_map(out, 4)?;
+    put_str(out, "metadata")?;
+    put_map(out, 11 + usize::from(m.traceparent.is_some()))?;
+    put_str(out, "correlation_id")?;
+    put_str(out, &m.correlation_id)?;
+    put_str(out, "request_id")?;
+    put_str(out, &m.request_id)?;
+    put_str(out, "client_ip")?;
+    put_str(out, &m.client_ip)?;
+    put_str(out, "client_port")?;
+    put_u16(out, m.client_port);
+    put_str(out, "server_name")?;
+    put_opt(out, m.server_name.as_ref())?;
+    put_str(out, "protocol")?;
+    put_str(out, &m.protocol)?;
+    put_str(out, "tls_version")?;
+    put_opt(out, m.tls_version.as_ref())?;
+    put_str(out, "tls_cipher")?;
+    put_opt(out, m.tls_cipher.as_ref())?;
+    put_str(out, "route_id")?;
+    put_opt(out, m.route_id.as_ref())?;
+    put_str(out, "upstream_id")?;
+    put_opt(out, m.upstream_id.as_ref())?;
+    put_str(out, "timestamp")?;
+    put_str(out, &m.timestamp)?;
+    if let Some(tp) = &m.traceparent {
+        put_str(out, "traceparent")?;
+        put_str(out, tp)?;
+    }
+    put_str(out, "method")?;
+    put_str(out, &e.method)?;
+    put_str(out, "uri")?;
+    put_str(out, &e.uri)?;
+    put_str(out, "headers")?;
+    put_map(out, e.headers.len())?;
+    for (name, values) in e.headers.names() {
+        put_str(out, name)?;
+        put_array(out, values.len())?;
+        for v in values {
+            put_str(out, v)?;
+        }
+    }
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,7 +452,6 @@ mod tests {
     use crate::frame::{HEADER_LEN, MessageType};
     use crate::message::{Encoding, Event};
     use alloc::vec::Vec;
-    use bytes::BytesMut;
 
     fn request(traceparent: bool, tls: bool) -> RequestHeaders {
         let mut headers = Headers::new();
@@ -501,6 +616,43 @@ mod tests {
                     response_agrees(&m);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn direct_encoding_writes_the_bytes_of_the_serde_encoder() {
+        use alloc::string::ToString;
+        let lens = [0usize, 1, 31, 32, 255, 256, 65_535, 65_536];
+        let mut cases = Vec::new();
+        for (i, len) in lens.into_iter().enumerate() {
+            let mut r = request(i % 2 == 0, i % 3 == 0);
+            r.metadata.correlation_id = "c".repeat(len);
+            r.uri = "é".repeat(len / 2);
+            r.metadata.client_port = [0, 127, 128, 255, 256, 65_535, 1, 80][i];
+            cases.push(r);
+        }
+        let mut many = request(true, true);
+        for n in 0..40 {
+            many.headers
+                .append(alloc::format!("x-h{n:02}"), n.to_string());
+        }
+        for _ in 0..20 {
+            many.headers.append("x-h00", "again");
+        }
+        cases.push(many);
+        cases.push(RequestHeaders::default());
+        for r in cases {
+            let mut want = BytesMut::new();
+            crate::encoding::encode_payload(
+                MessageType::RequestHeaders,
+                &crate::encoding::RequestHeadersWire(&r, WireFormat::new(Encoding::Msgpack)),
+                Encoding::Msgpack,
+                &mut want,
+            )
+            .unwrap();
+            let mut got = BytesMut::from(&b"prefix"[..]);
+            write_request_headers(&r, &mut got).unwrap();
+            assert_eq!(&got[6..], &want[..]);
         }
     }
 
