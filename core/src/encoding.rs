@@ -687,9 +687,9 @@ pub fn encode_event(
 /// An [`AgentResponse`] as the wire carries it with `audit.custom["correlation_id"]` set to
 /// `id`: exactly the bytes of `set_correlation_id(id)` followed by encoding the response, but
 /// without inserting into (and allocating for) the caller's map.
-struct ResponseWithId<'a> {
-    response: &'a AgentResponse,
-    id: &'a str,
+pub(crate) struct ResponseWithId<'a> {
+    pub(crate) response: &'a AgentResponse,
+    pub(crate) id: &'a str,
 }
 
 struct AuditWithId<'a> {
@@ -833,6 +833,17 @@ pub fn encode_response(
     max_frame_len: u32,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    #[cfg(feature = "msgpack")]
+    if encoding == Encoding::Msgpack {
+        match encode_frame_with(MessageType::AgentResponse, max_frame_len, out, |o| {
+            crate::msgpack_fast::write_plain_response(response, correlation_id, o).ok_or(())
+        }) {
+            Ok(()) => return Ok(()),
+            Err(FrameEncodeError::Frame(e)) => return Err(EncodeError::Frame(e)),
+            // Not a plain Allow: the serde encoder below.
+            Err(FrameEncodeError::Payload(())) => {}
+        }
+    }
     let wire = ResponseWithId {
         response,
         id: correlation_id,

@@ -445,6 +445,93 @@ pub(crate) fn write_request_headers(e: &RequestHeaders, out: &mut BytesMut) -> O
     Some(())
 }
 
+fn put_uint(out: &mut BytesMut, v: u32) {
+    if let Ok(v) = u16::try_from(v) {
+        put_u16(out, v);
+    } else {
+        out.put_u8(0xce);
+        out.put_u32(v);
+    }
+}
+
+/// Appends a plain Allow answer (no mutations, routing metadata, tags, rule ids, reason codes
+/// or confidence; only string `audit.custom` values) with `audit.custom["correlation_id"]` set
+/// to `id`, as MessagePack: the bytes rmp-serde writes for it. `None` for any other answer
+/// (`out` partly written: the caller rolls back and uses the serde encoder).
+pub(crate) fn write_plain_response(r: &AgentResponse, id: &str, out: &mut BytesMut) -> Option<()> {
+    let a = &r.audit;
+    let plain = r.decision == crate::message::Decision::Allow
+        && r.request_headers.is_empty()
+        && r.response_headers.is_empty()
+        && r.routing_metadata.is_empty()
+        && a.tags.is_empty()
+        && a.rule_ids.is_empty()
+        && a.confidence.is_none()
+        && a.reason_codes.is_empty()
+        && r.request_body_mutation.is_none()
+        && r.response_body_mutation.is_none()
+        && r.websocket_decision.is_none()
+        && a.custom.values().all(|v| v.as_str().is_some());
+    if !plain {
+        return None;
+    }
+    let key = crate::message::CORRELATION_ID_KEY;
+    out.reserve(160);
+    put_map(out, 10)?;
+    put_str(out, "version")?;
+    put_uint(out, r.version);
+    put_str(out, "decision")?;
+    put_str(out, "allow")?;
+    put_str(out, "request_headers")?;
+    put_array(out, 0)?;
+    put_str(out, "response_headers")?;
+    put_array(out, 0)?;
+    put_str(out, "routing_metadata")?;
+    put_map(out, 0)?;
+    put_str(out, "audit")?;
+    put_map(out, 5)?;
+    for name in ["tags", "rule_ids"] {
+        put_str(out, name)?;
+        put_array(out, 0)?;
+    }
+    put_str(out, "confidence")?;
+    out.put_u8(0xc0);
+    put_str(out, "reason_codes")?;
+    put_array(out, 0)?;
+    put_str(out, "custom")?;
+    put_map(
+        out,
+        a.custom.len() + usize::from(!a.custom.contains_key(key)),
+    )?;
+    let mut written = false;
+    for (k, v) in &a.custom {
+        if !written && k.as_str() >= key {
+            put_str(out, key)?;
+            put_str(out, id)?;
+            written = true;
+        }
+        if k != key {
+            put_str(out, k)?;
+            put_str(out, v.as_str()?)?;
+        }
+    }
+    if !written {
+        put_str(out, key)?;
+        put_str(out, id)?;
+    }
+    put_str(out, "needs_more")?;
+    out.put_u8(if r.needs_more { 0xc3 } else { 0xc2 });
+    for name in [
+        "request_body_mutation",
+        "response_body_mutation",
+        "websocket_decision",
+    ] {
+        put_str(out, name)?;
+        out.put_u8(0xc0);
+    }
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +740,43 @@ mod tests {
             let mut got = BytesMut::from(&b"prefix"[..]);
             write_request_headers(&r, &mut got).unwrap();
             assert_eq!(&got[6..], &want[..]);
+        }
+    }
+
+    #[test]
+    fn direct_response_encoding_writes_the_bytes_of_the_serde_encoder() {
+        let mut cases = alloc::vec![AgentResponse::allow()];
+        for key in ["a", "correlation_id", "z"] {
+            let mut r = AgentResponse::allow();
+            r.audit
+                .custom
+                .insert(key.into(), AnyValue::from("v".repeat(40)));
+            r.needs_more = true;
+            r.version = 70_000;
+            cases.push(r);
+        }
+        for r in &cases {
+            for id in ["r-1", "", &"i".repeat(300)] {
+                let mut want = BytesMut::new();
+                crate::encoding::encode_payload(
+                    MessageType::AgentResponse,
+                    &crate::encoding::ResponseWithId { response: r, id },
+                    Encoding::Msgpack,
+                    &mut want,
+                )
+                .unwrap();
+                let mut got = BytesMut::new();
+                write_plain_response(r, id, &mut got).unwrap();
+                assert_eq!(got, want, "{r:?}");
+            }
+        }
+        let mut other = AgentResponse::allow();
+        other
+            .audit
+            .custom
+            .insert("n".into(), AnyValue(serde_json::json!(1)));
+        for r in [AgentResponse::block(403), other] {
+            assert!(write_plain_response(&r, "x", &mut BytesMut::new()).is_none());
         }
     }
 
