@@ -165,14 +165,8 @@ pub fn encode_payload<T: Serialize + ?Sized>(
         Encoding::Postcard => {
             #[cfg(feature = "postcard")]
             {
-                let taken = core::mem::take(out);
-                match postcard::to_extend(value, taken) {
-                    Ok(filled) => {
-                        *out = filled;
-                        Ok(())
-                    }
-                    Err(e) => Err(ser_err(e.to_string())),
-                }
+                postcard::serialize_with_flavor(value, BytesMutFlavor(out))
+                    .map_err(|e| ser_err(e.to_string()))
             }
             #[cfg(not(feature = "postcard"))]
             {
@@ -180,6 +174,32 @@ pub fn encode_payload<T: Serialize + ?Sized>(
                 Err(EncodeError::Unavailable(Encoding::Postcard))
             }
         }
+    }
+}
+
+/// A postcard flavor appending to a `BytesMut` a slice at a time (`postcard::to_extend`
+/// pushes every byte through `Extend<u8>` on its own).
+#[cfg(feature = "postcard")]
+struct BytesMutFlavor<'a>(&'a mut BytesMut);
+
+#[cfg(feature = "postcard")]
+impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        bytes::BufMut::put_u8(self.0, data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -244,6 +264,18 @@ pub fn encode_frame_of<T: Serialize + ?Sized>(
         FrameEncodeError::Payload(e) => e,
         FrameEncodeError::Frame(e) => EncodeError::Frame(e),
     })
+}
+
+/// Decodes an agent's answer (`0x20`): [`decode_message`] with a direct path for the plain
+/// Allow answers MessagePack agents send for nearly every event.
+pub fn decode_response(payload: &[u8], encoding: Encoding) -> Result<AgentResponse, DecodeError> {
+    #[cfg(feature = "msgpack")]
+    if encoding == Encoding::Msgpack
+        && let Some(r) = crate::msgpack_fast::agent_response(payload)
+    {
+        return Ok(r);
+    }
+    decode_message(MessageType::AgentResponse, payload, encoding)
 }
 
 /// Decodes an owned message of type `T`.
@@ -347,7 +379,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for DataRef<'a> {
 // ---------------------------------------------------------------------------------------------
 // Event views: the exact key order and byte forms of each encoding
 
-struct RequestHeadersWire<'a>(&'a RequestHeaders, WireFormat);
+pub(crate) struct RequestHeadersWire<'a>(pub(crate) &'a RequestHeaders, pub(crate) WireFormat);
 struct MetadataJson<'a>(&'a RequestMetadata);
 struct MetadataMsgpack<'a>(&'a RequestMetadata);
 struct BodyChunkWire<'a> {
@@ -592,6 +624,23 @@ pub fn encode_event(
     let enc = format.encoding;
     let json = enc == Encoding::Json;
     match event {
+        #[cfg(feature = "msgpack")]
+        Event::RequestHeaders(e) if enc == Encoding::Msgpack => {
+            match encode_frame_with(kind, max_frame_len, out, |o| {
+                crate::msgpack_fast::write_request_headers(e, o).ok_or(())
+            }) {
+                Ok(()) => Ok(()),
+                Err(FrameEncodeError::Frame(e)) => Err(EncodeError::Frame(e)),
+                // Longer than MessagePack can say: the serde encoder reports it.
+                Err(FrameEncodeError::Payload(())) => encode_frame_of(
+                    kind,
+                    &RequestHeadersWire(e, format),
+                    enc,
+                    max_frame_len,
+                    out,
+                ),
+            }
+        }
         Event::RequestHeaders(e) => encode_frame_of(
             kind,
             &RequestHeadersWire(e, format),
@@ -630,6 +679,182 @@ pub fn encode_event(
         }
         Event::Configure(e) => encode_frame_of(kind, e, enc, max_frame_len, out),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent responses: the correlation id goes into `audit.custom` while encoding
+
+/// An [`AgentResponse`] as the wire carries it with `audit.custom["correlation_id"]` set to
+/// `id`: exactly the bytes of `set_correlation_id(id)` followed by encoding the response, but
+/// without inserting into (and allocating for) the caller's map.
+pub(crate) struct ResponseWithId<'a> {
+    pub(crate) response: &'a AgentResponse,
+    pub(crate) id: &'a str,
+}
+
+struct AuditWithId<'a> {
+    audit: &'a Audit,
+    id: &'a str,
+}
+
+struct CustomWithId<'a> {
+    custom: &'a alloc::collections::BTreeMap<String, AnyValue>,
+    id: &'a str,
+}
+
+/// A string as [`AnyValue`] writes it: structurally where the format is self-describing,
+/// as JSON text on postcard.
+struct IdValue<'a>(&'a str);
+
+/// A string as compact JSON text (serde_json's escapes), written without a buffer.
+struct JsonStr<'a>(&'a str);
+
+impl fmt::Display for JsonStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        f.write_char('"')?;
+        let s = self.0;
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let escape: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            f.write_str(&s[start..i])?;
+            if escape.is_empty() {
+                f.write_str("\\u00")?;
+                f.write_char(char::from(HEX[usize::from(b >> 4)]))?;
+                f.write_char(char::from(HEX[usize::from(b & 0xf)]))?;
+            } else {
+                f.write_str(escape)?;
+            }
+            start = i + 1;
+        }
+        f.write_str(&s[start..])?;
+        f.write_char('"')
+    }
+}
+
+impl Serialize for IdValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(self.0)
+        } else {
+            s.collect_str(&JsonStr(self.0))
+        }
+    }
+}
+
+impl Serialize for CustomWithId<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let key = CORRELATION_ID_KEY;
+        let replaced = self.custom.contains_key(key);
+        let len = self.custom.len() + usize::from(!replaced);
+        let mut map = s.serialize_map(Some(len))?;
+        let mut written = false;
+        for (k, v) in self.custom {
+            if !written && k.as_str() >= key {
+                map.serialize_entry(key, &IdValue(self.id))?;
+                written = true;
+            }
+            if k != key {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        if !written {
+            map.serialize_entry(key, &IdValue(self.id))?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for AuditWithId<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The derived `Audit` layout, field for field.
+        let a = self.audit;
+        let mut st = s.serialize_struct("Audit", 5)?;
+        st.serialize_field("tags", &a.tags)?;
+        st.serialize_field("rule_ids", &a.rule_ids)?;
+        st.serialize_field("confidence", &a.confidence)?;
+        st.serialize_field("reason_codes", &a.reason_codes)?;
+        st.serialize_field(
+            "custom",
+            &CustomWithId {
+                custom: &a.custom,
+                id: self.id,
+            },
+        )?;
+        st.end()
+    }
+}
+
+impl Serialize for ResponseWithId<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // The derived `AgentResponse` layout, field for field.
+        let r = self.response;
+        let mut st = s.serialize_struct("AgentResponse", 10)?;
+        st.serialize_field("version", &r.version)?;
+        st.serialize_field("decision", &r.decision)?;
+        st.serialize_field("request_headers", &r.request_headers)?;
+        st.serialize_field("response_headers", &r.response_headers)?;
+        st.serialize_field("routing_metadata", &r.routing_metadata)?;
+        st.serialize_field(
+            "audit",
+            &AuditWithId {
+                audit: &r.audit,
+                id: self.id,
+            },
+        )?;
+        st.serialize_field("needs_more", &r.needs_more)?;
+        st.serialize_field("request_body_mutation", &r.request_body_mutation)?;
+        st.serialize_field("response_body_mutation", &r.response_body_mutation)?;
+        st.serialize_field("websocket_decision", &r.websocket_decision)?;
+        st.end()
+    }
+}
+
+/// Appends the frame of `response` with `audit.custom["correlation_id"]` set to
+/// `correlation_id` (replacing any value there): the same bytes as
+/// [`AgentResponse::set_correlation_id`] followed by [`encode_frame_of`], without touching
+/// `response`. `out` is unchanged on error.
+pub fn encode_response(
+    response: &AgentResponse,
+    correlation_id: &str,
+    encoding: Encoding,
+    max_frame_len: u32,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    #[cfg(feature = "msgpack")]
+    if encoding == Encoding::Msgpack {
+        match encode_frame_with(MessageType::AgentResponse, max_frame_len, out, |o| {
+            crate::msgpack_fast::write_plain_response(response, correlation_id, o).ok_or(())
+        }) {
+            Ok(()) => return Ok(()),
+            Err(FrameEncodeError::Frame(e)) => return Err(EncodeError::Frame(e)),
+            // Not a plain Allow: the serde encoder below.
+            Err(FrameEncodeError::Payload(())) => {}
+        }
+    }
+    let wire = ResponseWithId {
+        response,
+        id: correlation_id,
+    };
+    encode_frame_of(
+        MessageType::AgentResponse,
+        &wire,
+        encoding,
+        max_frame_len,
+        out,
+    )
 }
 
 #[derive(Deserialize)]
@@ -679,6 +904,12 @@ pub fn decode_event(
 ) -> Result<Event, DecodeError> {
     Ok(match kind {
         MessageType::RequestHeaders => {
+            #[cfg(feature = "msgpack")]
+            if encoding == Encoding::Msgpack
+                && let Some(e) = crate::msgpack_fast::request_headers(payload)
+            {
+                return Ok(Event::RequestHeaders(e));
+            }
             Event::RequestHeaders(decode_payload(kind, payload, encoding)?)
         }
         MessageType::RequestBodyChunk | MessageType::ResponseBodyChunk => {
@@ -704,6 +935,12 @@ pub fn decode_event(
             }
         }
         MessageType::ResponseHeaders => {
+            #[cfg(feature = "msgpack")]
+            if encoding == Encoding::Msgpack
+                && let Some(e) = crate::msgpack_fast::response_headers(payload)
+            {
+                return Ok(Event::ResponseHeaders(e));
+            }
             Event::ResponseHeaders(decode_payload(kind, payload, encoding)?)
         }
         MessageType::RequestComplete => {
@@ -872,6 +1109,67 @@ mod tests {
             ),
             Some("m".into())
         );
+    }
+
+    #[test]
+    fn encode_response_matches_set_correlation_id() {
+        let mut encodings = vec![Encoding::Json];
+        for e in [Encoding::Msgpack, Encoding::Postcard] {
+            if e.is_available() {
+                encodings.push(e);
+            }
+        }
+        let ids = [
+            "r-1",
+            "",
+            "quote\" back\\ nl\n\u{1}\u{1f}\u{7f} é \u{1F600}\t\r\u{8}\u{c}",
+        ];
+        let mut full = AgentResponse::block(403);
+        full.audit.tags.push("t".into());
+        full.routing_metadata.insert("k".into(), "v".into());
+        for key in [
+            "a",
+            "correlation_id",
+            "d",
+            "z",
+            "correlation_ie",
+            "correlation",
+        ] {
+            let mut r = full.clone();
+            r.audit.custom.insert(key.into(), AnyValue::from("old"));
+            for enc in &encodings {
+                for id in ids {
+                    for base in [AgentResponse::allow(), full.clone(), r.clone()] {
+                        let mut want = BytesMut::new();
+                        let mut set = base.clone();
+                        set.set_correlation_id(id);
+                        encode_frame_of(
+                            MessageType::AgentResponse,
+                            &set,
+                            *enc,
+                            u32::MAX,
+                            &mut want,
+                        )
+                        .unwrap();
+                        let mut got = BytesMut::new();
+                        encode_response(&base, id, *enc, u32::MAX, &mut got).unwrap();
+                        assert_eq!(got, want, "{enc:?} {id:?} {key}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_str_escapes_like_serde_json() {
+        for c in (0u32..0x80).chain([0xe9, 0x2028, 0x1F600]) {
+            let s: String = [char::from_u32(c).unwrap(), 'x'].into_iter().collect();
+            assert_eq!(
+                alloc::format!("{}", JsonStr(&s)),
+                serde_json::to_string(&s).unwrap(),
+                "{c:#x}"
+            );
+        }
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub mod fuzzing;
 pub mod message;
 #[cfg(feature = "std")]
 pub mod metrics;
+#[cfg(feature = "msgpack")]
+mod msgpack_fast;
 #[cfg(feature = "std")]
 pub mod pool;
 #[cfg(feature = "alloc")]

@@ -1,5 +1,6 @@
 //! HTTP header map: names sorted, multi-valued, one value inline.
 
+use alloc::borrow::Cow;
 use alloc::string::String;
 use core::fmt;
 use serde::de::{MapAccess, Visitor};
@@ -11,9 +12,10 @@ use smallvec::SmallVec;
 pub type HeaderValues = SmallVec<[String; 1]>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
-    name: String,
-    values: HeaderValues,
+pub(crate) struct Entry {
+    /// Well-known names are shared statics, not allocations (see [`name_from_str`]).
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) values: HeaderValues,
 }
 
 /// A multi-valued header map, wire form `{"name": ["value", ...]}`.
@@ -34,7 +36,7 @@ impl Headers {
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.entries.binary_search_by(|e| e.name.as_str().cmp(name))
+        self.entries.binary_search_by(|e| (*e.name).cmp(name))
     }
 
     /// Adds a value after any existing values of `name`.
@@ -47,7 +49,10 @@ impl Headers {
                 self.entries.insert(
                     i,
                     Entry {
-                        name: name.into(),
+                        name: match known_name(name.as_ref()) {
+                            Some(known) => Cow::Borrowed(known),
+                            None => Cow::Owned(name.into()),
+                        },
                         values,
                     },
                 );
@@ -104,14 +109,38 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.entries
             .iter()
-            .flat_map(|e| e.values.iter().map(move |v| (e.name.as_str(), v.as_str())))
+            .flat_map(|e| e.values.iter().map(move |v| (&*e.name, v.as_str())))
     }
 
     /// Every name with its values.
     pub fn names(&self) -> impl Iterator<Item = (&str, &[String])> + '_ {
-        self.entries
-            .iter()
-            .map(|e| (e.name.as_str(), &e.values[..]))
+        self.entries.iter().map(|e| (&*e.name, &e.values[..]))
+    }
+}
+
+/// One `name: [values]` pair in wire order, before [`Headers::from_decoded`].
+pub(crate) type DecodedEntry = Entry;
+
+/// Decoded pairs in wire order.
+pub(crate) type DecodedEntries = SmallVec<[Entry; 8]>;
+
+impl Headers {
+    /// The map for pairs in wire order, as every decoder builds it: sorted once (n log n, even
+    /// for a hostile 100 000 names) instead of inserting in order; a repeated name keeps its
+    /// last occurrence, as a map decoder would.
+    pub(crate) fn from_decoded(mut entries: DecodedEntries) -> Headers {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if entries.windows(2).all(|w| w[0].name != w[1].name) {
+            return Headers { entries };
+        }
+        let mut deduped: SmallVec<[Entry; 8]> = SmallVec::with_capacity(entries.len());
+        for e in entries {
+            match deduped.last_mut() {
+                Some(last) if last.name == e.name => *last = e,
+                _ => deduped.push(e),
+            }
+        }
+        Headers { entries: deduped }
     }
 }
 
@@ -131,11 +160,14 @@ where
         let mut entries: SmallVec<[Entry; 8]> = SmallVec::new();
         for (name, value) in pairs {
             match entries.last_mut() {
-                Some(last) if last.name == name => last.values.push(value),
+                Some(last) if *last.name == *name => last.values.push(value),
                 _ => {
                     let mut values = HeaderValues::new();
                     values.push(value);
-                    entries.push(Entry { name, values });
+                    entries.push(Entry {
+                        name: Cow::Owned(name),
+                        values,
+                    });
                 }
             }
         }
@@ -147,7 +179,7 @@ impl Serialize for Headers {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.entries.len()))?;
         for e in &self.entries {
-            map.serialize_entry(&e.name, &e.values[..])?;
+            map.serialize_entry(&*e.name, &e.values[..])?;
         }
         map.end()
     }
@@ -163,26 +195,94 @@ impl<'de> Deserialize<'de> for Headers {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
                 // The size hint comes from the peer: cap what we reserve on its word.
-                let mut entries: SmallVec<[Entry; 8]> =
+                let mut entries: DecodedEntries =
                     SmallVec::with_capacity(access.size_hint().unwrap_or(0).min(64));
-                while let Some(name) = access.next_key::<String>()? {
+                while let Some(name) = access.next_key_seed(NameSeed)? {
                     let values = access.next_value_seed(ValuesSeed)?;
-                    entries.push(Entry { name, values });
+                    entries.push(DecodedEntry { name, values });
                 }
-                // Sort once (n log n, even for a hostile 100 000 names) instead of inserting in
-                // order; a repeated name keeps its last occurrence, as a map decoder would.
-                entries.sort_by(|a, b| a.name.cmp(&b.name));
-                let mut deduped: SmallVec<[Entry; 8]> = SmallVec::with_capacity(entries.len());
-                for e in entries {
-                    match deduped.last_mut() {
-                        Some(last) if last.name == e.name => *last = e,
-                        _ => deduped.push(e),
-                    }
-                }
-                Ok(Headers { entries: deduped })
+                Ok(Headers::from_decoded(entries))
             }
         }
         deserializer.deserialize_map(HeadersVisitor)
+    }
+}
+
+macro_rules! known_names {
+    ($($name:literal)*) => {
+        /// The shared copy of a well-known (lower-case) header name.
+        pub(crate) fn known_name(name: &str) -> Option<&'static str> {
+            match name {
+                $($name => Some($name),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+known_names! {
+    "accept" "accept-charset" "accept-encoding" "accept-language" "accept-ranges"
+    "access-control-allow-origin" "age" "allow" "authorization" "cache-control" "connection"
+    "content-disposition" "content-encoding" "content-language" "content-length"
+    "content-location" "content-range" "content-security-policy" "content-type" "cookie" "date"
+    "dnt" "etag" "expect" "expires" "forwarded" "from" "host" "if-match" "if-modified-since"
+    "if-none-match" "if-range" "if-unmodified-since" "keep-alive" "last-modified" "link"
+    "location" "origin" "pragma" "priority" "proxy-authorization" "range" "referer"
+    "retry-after" "sec-ch-ua" "sec-ch-ua-mobile" "sec-ch-ua-platform" "sec-fetch-dest"
+    "sec-fetch-mode" "sec-fetch-site" "sec-fetch-user" "server" "set-cookie"
+    "strict-transport-security" "te" "trailer" "transfer-encoding" "upgrade"
+    "upgrade-insecure-requests" "user-agent" "vary" "via" "www-authenticate" "x-forwarded-for"
+    "x-forwarded-host" "x-forwarded-proto" "x-real-ip" "x-request-id" "traceparent"
+    "tracestate"
+}
+
+/// A decoded header name: the shared copy when well-known, else an owned copy.
+pub(crate) fn name_from_str(name: &str) -> Cow<'static, str> {
+    match known_name(name) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(String::from(name)),
+    }
+}
+
+/// Decodes a header name as `String` does (same accepted forms, same errors), without
+/// allocating for well-known names.
+struct NameSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'static, str>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_string(self)
+    }
+}
+
+impl Visitor<'_> for NameSeed {
+    type Value = Cow<'static, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(name_from_str(v))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(match known_name(&v) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(v),
+        })
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+        match core::str::from_utf8(v) {
+            Ok(s) => Ok(name_from_str(s)),
+            Err(_) => Err(E::invalid_value(serde::de::Unexpected::Bytes(v), &self)),
+        }
+    }
+    fn visit_byte_buf<E: serde::de::Error>(self, v: alloc::vec::Vec<u8>) -> Result<Self::Value, E> {
+        match String::from_utf8(v) {
+            Ok(s) => self.visit_string(s),
+            Err(e) => Err(E::invalid_value(
+                serde::de::Unexpected::Bytes(e.as_bytes()),
+                &self,
+            )),
+        }
     }
 }
 
@@ -253,6 +353,21 @@ mod tests {
             .collect();
         assert_eq!(many.len(), 100_000);
         assert_eq!(many.names().next().map(|(n, _)| n), Some("h000000"));
+    }
+
+    #[test]
+    fn well_known_names_are_shared_not_allocated() {
+        let mut h = Headers::new();
+        h.append("content-type", "a");
+        h.append(String::from("x-custom"), "b");
+        let decoded: Headers = serde_json::from_str(r#"{"host":["x"],"x-y":["z"]}"#).unwrap();
+        for (headers, known, other) in [(&h, "content-type", "x-custom"), (&decoded, "host", "x-y")]
+        {
+            let name = |n: &str| &headers.entries[headers.position(n).unwrap()].name;
+            assert!(matches!(name(known), Cow::Borrowed(_)));
+            assert!(matches!(name(other), Cow::Owned(_)));
+        }
+        assert_eq!(known_name("Host"), None, "names are compared as given");
     }
 
     #[test]

@@ -19,6 +19,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use self::any::{AnyValue, Value};
 pub use self::control::*;
+#[allow(unused_imports)]
+pub(crate) use self::headers::{DecodedEntries, DecodedEntry, name_from_str};
 pub use self::headers::{HeaderValues, Headers};
 use crate::frame::MessageType;
 

@@ -2,7 +2,8 @@
 
 use super::{CloseReason, SendError};
 use crate::encoding::{
-    EncodeError, WireFormat, decode_event, decode_message, encode_frame_of, salvage_correlation_id,
+    EncodeError, WireFormat, decode_event, decode_message, encode_frame_of, encode_response,
+    salvage_correlation_id,
 };
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameDecoder, MessageType, encode_frame};
 use crate::message::*;
@@ -249,7 +250,7 @@ impl AgentSession {
     pub fn respond(
         &mut self,
         correlation_id: &str,
-        mut response: AgentResponse,
+        response: AgentResponse,
     ) -> Result<(), SendError> {
         match self.state {
             State::Ready => {}
@@ -259,11 +260,17 @@ impl AgentSession {
         if !self.in_flight.contains_key(correlation_id) {
             return Err(SendError::NotInFlight);
         }
-        response.set_correlation_id(correlation_id);
         // Encode before counting the event out: an answer that cannot be written (larger than
         // the frame limit) used to take the event out of flight anyway, so no other answer was
-        // accepted and the proxy waited for its deadline (fuzz target `agent_session`).
-        self.encode(MessageType::AgentResponse, &response)?;
+        // accepted and the proxy waited for its deadline (fuzz target `agent_session`). The id
+        // goes into `audit.custom` as the response is encoded, not into the map.
+        encode_response(
+            &response,
+            correlation_id,
+            self.format.encoding,
+            self.config.max_frame_len,
+            &mut self.out,
+        )?;
         match self.in_flight.get_mut(correlation_id) {
             Some(n) if *n > 1 => *n -= 1,
             _ => {

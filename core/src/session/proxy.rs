@@ -1,7 +1,7 @@
 //! The proxy side of one agent connection.
 
 use super::{CloseReason, SendError};
-use crate::encoding::{WireFormat, decode_message, encode_event, encode_frame_of};
+use crate::encoding::{WireFormat, decode_message, decode_response, encode_event, encode_frame_of};
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, Frame, FrameDecoder, MessageType};
 use crate::message::*;
 use crate::time::Instant;
@@ -709,13 +709,12 @@ impl ProxySession {
     }
 
     fn handle_response(&mut self, payload: &[u8]) {
-        let response: AgentResponse =
-            match decode_message(MessageType::AgentResponse, payload, self.format.encoding) {
-                Ok(r) => r,
-                // A response that cannot be read cannot be matched: the waiter would only time
-                // out, so end the connection and fail everyone now.
-                Err(e) => return self.close_with(CloseReason::Decode(e)),
-            };
+        let response: AgentResponse = match decode_response(payload, self.format.encoding) {
+            Ok(r) => r,
+            // A response that cannot be read cannot be matched: the waiter would only time
+            // out, so end the connection and fail everyone now.
+            Err(e) => return self.close_with(CloseReason::Decode(e)),
+        };
         let id = response.correlation_id().unwrap_or("");
         if let State::Configuring { .. } = self.state
             && self.configure_id.as_deref() == Some(id)

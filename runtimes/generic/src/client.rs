@@ -486,7 +486,7 @@ impl AgentClient {
         timeout: Option<Duration>,
     ) -> Result<AgentResponse, ClientError> {
         let shared = self.shared();
-        let id = event.correlation_id().to_owned();
+        let mut event = event;
         let (rx, rearm) = {
             let mut inner = shared.lock();
             let now = core_now();
@@ -498,7 +498,7 @@ impl AgentClient {
                 return Err(self.map_send_error(e, &inner));
             }
             let (tx, rx) = oneshot::channel();
-            inner.waiters.insert(id.clone(), tx);
+            inner.waiters.insert(event.correlation_id().to_owned(), tx);
             let next = inner.session.poll_timeout();
             let rearm = match (next, inner.armed) {
                 (Some(n), Some(a)) => n < a,
@@ -507,6 +507,8 @@ impl AgentClient {
             };
             (rx, rearm)
         };
+        // The event is encoded: keep only its id (moved out, not copied) for a cancel.
+        let id = take_correlation_id(&mut event);
         drop(event);
         shared.writer_wake.notify();
         if rearm {
@@ -663,6 +665,22 @@ impl AgentClient {
                 .await;
         }
         self.close();
+    }
+}
+
+/// Moves the correlation id out of an event that is no longer needed.
+fn take_correlation_id(event: &mut Event) -> String {
+    match event {
+        Event::RequestHeaders(e) => std::mem::take(&mut e.metadata.correlation_id),
+        Event::RequestBodyChunk(e) | Event::ResponseBodyChunk(e) => {
+            std::mem::take(&mut e.correlation_id)
+        }
+        Event::ResponseHeaders(e) => std::mem::take(&mut e.correlation_id),
+        Event::RequestComplete(e) => std::mem::take(&mut e.correlation_id),
+        Event::WebSocketFrame(e) => std::mem::take(&mut e.correlation_id),
+        Event::GuardrailInspect(e) => std::mem::take(&mut e.correlation_id),
+        Event::Configure(e) => std::mem::take(&mut e.correlation_id),
+        other => other.correlation_id().to_owned(),
     }
 }
 

@@ -235,7 +235,12 @@ impl ConnShared {
 #[allow(clippy::large_enum_variant)]
 enum Wake {
     Read(std::io::Result<usize>),
-    Done(Option<(String, Result<AgentResponse, futures_util::future::Aborted>)>),
+    Done(
+        Option<(
+            Arc<str>,
+            Result<AgentResponse, futures_util::future::Aborted>,
+        )>,
+    ),
     Timer,
     Shutdown,
     WriterGone,
@@ -290,7 +295,9 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
 
     let handler: &H = &handler;
     let mut running = FuturesUnordered::new();
-    let mut aborts: HashMap<String, Vec<AbortHandle>> = HashMap::new();
+    // Keyed by the id the handler future also holds (one allocation per request), usually
+    // with one handle, kept inline.
+    let mut aborts: HashMap<Arc<str>, AbortHandles> = HashMap::new();
     // Cancelled requests whose aborted handlers have not been dropped yet: reason and count.
     let mut cancelling: HashMap<String, (CancelReason, usize)> = HashMap::new();
     let mut summary = ConnectionSummary::default();
@@ -374,11 +381,11 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
             }
             Wake::Done(Some((id, Err(_aborted)))) => {
                 // The aborted handler future has been dropped by now: report the cancel.
-                if let Some((reason, left)) = cancelling.get_mut(&id) {
+                if let Some((reason, left)) = cancelling.get_mut(&*id) {
                     *left -= 1;
                     if *left == 0 {
                         let reason = *reason;
-                        cancelling.remove(&id);
+                        cancelling.remove(&*id);
                         handler.on_cancel(&id, reason);
                     }
                 }
@@ -405,7 +412,7 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
                 }
                 AgentEvent::Request(event) => {
                     summary.requests += 1;
-                    let id = event.correlation_id().to_owned();
+                    let id: Arc<str> = Arc::from(event.correlation_id());
                     let (abort, registration) = AbortHandle::new_pair();
                     aborts.entry(id.clone()).or_default().push(abort);
                     running.push(async move {
@@ -421,7 +428,7 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
                     reason,
                 } => {
                     summary.cancelled += 1;
-                    match aborts.remove(&correlation_id) {
+                    match aborts.remove(correlation_id.as_str()) {
                         Some(handles) if !handles.is_empty() => {
                             // `on_cancel` runs once the aborted handlers have been dropped.
                             let entry = cancelling.entry(correlation_id).or_insert((reason, 0));
@@ -483,7 +490,10 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-fn remove_abort(aborts: &mut HashMap<String, Vec<AbortHandle>>, id: &str) {
+/// The abort handles of the running handlers of one correlation id.
+type AbortHandles = smallvec::SmallVec<[AbortHandle; 1]>;
+
+fn remove_abort(aborts: &mut HashMap<Arc<str>, AbortHandles>, id: &str) {
     if let Some(handles) = aborts.get_mut(id) {
         handles.retain(|h| !h.is_aborted());
         handles.pop();
