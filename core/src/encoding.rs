@@ -205,6 +205,7 @@ impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
 
 /// The deepest nesting of arrays and maps (the message itself included) a MessagePack
 /// payload may have: serde_json's fixed recursion limit, which bounds JSON payloads.
+#[cfg(feature = "msgpack")]
 const MAX_NESTING: usize = 128;
 
 /// Decodes a payload borrowing from `payload` where the type allows it.
