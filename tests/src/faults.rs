@@ -592,9 +592,9 @@ pub async fn cancels_past_the_handler_cap_all_take_effect<R: Runtime>(runtime: R
 }
 
 /// A proxy that ignores flow control and floods events: past the handler cap and the backlog
-/// the agent stops reading that connection, so what it holds is bounded (cap + backlog events
-/// + one read) and the proxy's writes stall; other proxies are served throughout, and a
-/// shutdown still ends the stalled connection and its handlers.
+/// the agent stops reading that connection, so what it holds is bounded (cap and backlog
+/// events, plus one read) and the proxy's writes stall; other proxies are served throughout,
+/// and a shutdown still ends the stalled connection and its handlers.
 pub async fn backlog_past_the_handler_cap_is_bounded<R: Runtime>(runtime: R) {
     let dir = TestDir::new();
     let agent = Arc::new(TestAgent::new(runtime.clone()));
@@ -607,7 +607,7 @@ pub async fn backlog_past_the_handler_cap_is_bounded<R: Runtime>(runtime: R) {
     let max_in_flight = config.serve.agent.max_in_flight;
     let server = start_server(&runtime, &dir.socket("agent"), config, agent.clone());
     let healthy = connect(&runtime, &server).await;
-    let (_reader, mut writer, _decoder) = raw_proxy(&runtime, &server).await;
+    let (reader, mut writer, _decoder) = raw_proxy(&runtime, &server).await;
 
     // ~1 KiB events, so the socket buffers hold few of them.
     let padded = |i: usize| {
@@ -665,5 +665,5 @@ pub async fn backlog_past_the_handler_cap_is_bounded<R: Runtime>(runtime: R) {
         "handlers left running: {} dropped of {cap}",
         agent.stats.dropped()
     );
-    drop((_reader, writer));
+    drop((reader, writer));
 }
