@@ -68,6 +68,9 @@ macro_rules! uds_suite {
             agent_that_stops_reading_bounds_the_client,
             cancel_storm_leaves_nothing_in_flight,
             ping_burst_is_bounded_by_the_agent,
+            pings_are_answered_at_the_handler_cap,
+            cancels_past_the_handler_cap_all_take_effect,
+            backlog_past_the_handler_cap_is_bounded,
         );
     };
     (@each $block_on:path; $($name:ident),+ $(,)?) => {

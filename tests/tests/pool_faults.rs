@@ -35,8 +35,7 @@ fn pool_cancel_storm_leaves_no_gauge_behind() {
         let runtime = agentwire_tokio::runtime();
         let dir = TestDir::new();
         let agent = Arc::new(TestAgent::new(runtime.clone()));
-        let mut config = server_config(&[Encoding::Postcard, Encoding::Json]);
-        config.serve.max_concurrent_per_connection = 2048;
+        let config = server_config(&[Encoding::Postcard, Encoding::Json]);
         let server = start_server(&runtime, &dir.socket("agent"), config, agent.clone());
         let mut pool_config = pool_config();
         // Room for the whole storm at once: admission is not what is tested here.

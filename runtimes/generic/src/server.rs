@@ -5,9 +5,9 @@ use crate::{BoxReader, BoxWriter, Notify, Runtime, core_now, to_std};
 use agentwire_core::message::*;
 use agentwire_core::session::{AgentConfig, AgentEvent, AgentSession, CloseReason};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use futures_util::future::{AbortHandle, Abortable};
+use futures_util::future::{AbortHandle, AbortRegistration, Abortable};
 use futures_util::stream::FuturesUnordered;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,7 +100,8 @@ pub trait AgentHandler: Send + Sync + 'static {
 
     /// The proxy cancelled a request. Called after the request's pending handler future (if
     /// one was still running) has been dropped, and also for a Cancel of a request that has
-    /// no running handler (already answered, or never received).
+    /// no running handler (already answered, still waiting in the connection's backlog — it
+    /// then never runs — or never received).
     fn on_cancel(&self, correlation_id: &str, reason: CancelReason) {
         let _ = (correlation_id, reason);
     }
@@ -128,9 +129,19 @@ pub trait AgentHandler: Send + Sync + 'static {
 pub struct ServeConfig {
     /// Session settings: capabilities, encodings, limits.
     pub agent: AgentConfig,
-    /// Handlers run concurrently per connection; beyond this the connection stops reading
-    /// (the agent also pauses agentwire proxies through flow control).
+    /// Handlers run concurrently per connection; events beyond this wait in the connection's
+    /// backlog (the agent also pauses agentwire proxies through flow control, at
+    /// `limits.max_concurrency` in flight). 0 is taken as 1.
     pub max_concurrent_per_connection: usize,
+    /// Events that may wait for a handler per connection once
+    /// [`Self::max_concurrent_per_connection`] handlers run (default 256). They start in
+    /// arrival order as handlers end; a Cancel removes its events from the backlog without
+    /// running them. While the backlog has room the connection keeps reading, so Cancels and
+    /// Pings are seen at once even from a proxy that ignores flow control; once it is full
+    /// the connection stops reading. What a connection holds is then bounded by this many
+    /// events plus the running handlers, plus the frames completed by one read (64 KiB, and
+    /// the frame it finishes). 0 restores stopping at the handler cap.
+    pub max_backlog_per_connection: usize,
     /// How long a shutting-down connection may take to finish its in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -140,6 +151,7 @@ impl Default for ServeConfig {
         ServeConfig {
             agent: AgentConfig::default(),
             max_concurrent_per_connection: 256,
+            max_backlog_per_connection: 256,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -204,7 +216,7 @@ impl Shutdown {
 /// Counters of a connection's life, returned when it ends.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionSummary {
-    /// Events handed to the handler.
+    /// Events handed to the handler (a backlogged event cancelled before it started is not).
     pub requests: u64,
     /// Answers written.
     pub responses: u64,
@@ -248,9 +260,10 @@ enum Wake {
 }
 
 /// Serves one proxy connection until it ends: answers the handshake, runs the handler for
-/// every event (concurrently, up to [`ServeConfig::max_concurrent_per_connection`]), writes
-/// the answers. On `shutdown` it stops reading, lets in-flight handlers finish within the
-/// drain timeout, flushes their answers and closes.
+/// every event (concurrently, up to [`ServeConfig::max_concurrent_per_connection`], then
+/// queued in a backlog of [`ServeConfig::max_backlog_per_connection`]), writes the answers.
+/// On `shutdown` it stops reading, lets in-flight handlers (and backlogged events) finish
+/// within the drain timeout, flushes their answers and closes.
 pub async fn serve_connection<R: Runtime, H: AgentHandler>(
     runtime: R,
     reader: BoxReader,
@@ -294,10 +307,27 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
     let _close_on_drop = CloseOnDrop { shared: &shared };
 
     let handler: &H = &handler;
-    let mut running = FuturesUnordered::new();
     // Keyed by the id the handler future also holds (one allocation per request), usually
     // with one handle, kept inline.
     let mut aborts: HashMap<Arc<str>, AbortHandles> = HashMap::new();
+    let mut running = FuturesUnordered::new();
+    // Starts a handler. One definition for both places that start one (the read and the
+    // backlog), so `running` holds one future type.
+    macro_rules! start {
+        ($event:ident) => {{
+            let id: Arc<str> = Arc::from($event.correlation_id());
+            let (abort, registration) = AbortHandle::new_pair();
+            aborts.entry(id.clone()).or_default().push(abort);
+            running.push(run_handler(handler, $event, id, registration));
+        }};
+    }
+    // With no handler at all, backlogged events would never start.
+    let cap = config.max_concurrent_per_connection.max(1);
+    // Events received while `cap` handlers run, in arrival order. Invariant between loop
+    // turns: non-empty only while `running` is at the cap (refilled at the end of each turn).
+    // It may exceed its bound by the events of the read that filled it; no read follows
+    // until it is back under.
+    let mut backlog: VecDeque<Event> = VecDeque::new();
     // Cancelled requests whose aborted handlers have not been dropped yet: reason and count.
     let mut cancelling: HashMap<String, (CancelReason, usize)> = HashMap::new();
     let mut summary = ConnectionSummary::default();
@@ -310,8 +340,10 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
             (s.poll_timeout(), s.wants_input())
         };
         let draining = draining_since.is_some();
-        let can_read =
-            !draining && wants_input && running.len() < config.max_concurrent_per_connection;
+        // Short-circuits on the usual path (handlers under the cap, backlog unused).
+        let can_read = !draining
+            && wants_input
+            && (running.len() < cap || backlog.len() < config.max_backlog_per_connection);
         // Not reading because the peer does not read its answers (or pongs, a ping burst):
         // nothing else would wake this loop once the writer has drained the buffer.
         let write_blocked = !draining && !wants_input;
@@ -411,23 +443,25 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
                     handler.on_connect(&request);
                 }
                 AgentEvent::Request(event) => {
-                    summary.requests += 1;
-                    let id: Arc<str> = Arc::from(event.correlation_id());
-                    let (abort, registration) = AbortHandle::new_pair();
-                    aborts.entry(id.clone()).or_default().push(abort);
-                    running.push(async move {
-                        // The handler future is dropped when `Abortable` completes, before
-                        // this block yields: an abort is reported only after the drop.
-                        let outcome =
-                            Abortable::new(handler.handle_event(event), registration).await;
-                        (id, outcome)
-                    });
+                    if running.len() < cap && backlog.is_empty() {
+                        summary.requests += 1;
+                        start!(event);
+                    } else {
+                        // Past the handler cap; started in arrival order as handlers end.
+                        backlog.push_back(event);
+                    }
                 }
                 AgentEvent::Cancelled {
                     correlation_id,
                     reason,
                 } => {
                     summary.cancelled += 1;
+                    // The session has already counted every event of this id out of flight
+                    // (no answer is sent for a cancelled request): the backlogged ones are
+                    // dropped unstarted. A scan of the backlog per Cancel, only while one exists.
+                    if !backlog.is_empty() {
+                        backlog.retain(|e| e.correlation_id() != correlation_id);
+                    }
                     match aborts.remove(correlation_id.as_str()) {
                         Some(handles) if !handles.is_empty() => {
                             // `on_cancel` runs once the aborted handlers have been dropped.
@@ -454,6 +488,18 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
                 _ => {}
             }
         }
+        // Handlers that ended (or were aborted) this turn make room for backlogged events,
+        // oldest first. While draining they still run: they were received before the
+        // shutdown, like the running ones, and the drain timeout bounds them all.
+        if !backlog.is_empty() {
+            while running.len() < cap
+                && !session.is_closed()
+                && let Some(event) = backlog.pop_front()
+            {
+                summary.requests += 1;
+                start!(event);
+            }
+        }
         if draining_since.is_some() && running.is_empty() && !session.is_closed() {
             session.close();
         }
@@ -472,6 +518,24 @@ pub async fn serve_session<R: Runtime, H: AgentHandler>(
         }
         shared.writer_wake.notify();
     }
+}
+
+/// One handler run, as held by a connection's `running` set: the outcome with its id.
+// An `async fn` rather than a closure returning an async block: a closure taking the event
+// by value cost one more copy of the (large) event per request, ~110 instructions measured.
+async fn run_handler<H: AgentHandler>(
+    handler: &H,
+    event: Event,
+    id: Arc<str>,
+    registration: AbortRegistration,
+) -> (
+    Arc<str>,
+    Result<AgentResponse, futures_util::future::Aborted>,
+) {
+    // The handler future is dropped when `Abortable` completes, before this one yields: an
+    // abort is reported only after the drop.
+    let outcome = Abortable::new(handler.handle_event(event), registration).await;
+    (id, outcome)
 }
 
 /// Closes the connection's session and releases its writer when `serve_session` ends in any
