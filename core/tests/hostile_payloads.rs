@@ -638,6 +638,34 @@ fn agent_response_collections_are_capped() {
     }
 }
 
+/// `audit.custom` counts its entries and every element nested in its values against one
+/// budget: small nested arrays cannot add up to more than the cap either.
+#[test]
+fn audit_custom_values_share_one_budget() {
+    let cap = MAX_COLLECTION_LEN;
+    let flat = |n: usize| serde_json::json!(vec![0; n]);
+    let nested = |outer: usize, inner: usize| serde_json::json!(vec![vec![0; inner]; outer]);
+    // Two entries (`x` and the correlation id) plus the elements, inner and outer.
+    for (value, ok) in [
+        (flat(cap - 2), true),
+        (flat(cap - 1), false),
+        (nested(98, 100), true),
+        (nested(200, 49), false),
+    ] {
+        let mut r = AgentResponse::allow();
+        r.audit.custom.insert("x".into(), AnyValue(value));
+        r.set_correlation_id("c");
+        for format in formats() {
+            let result = decode_response(&encode_answer(&r, format.encoding), format.encoding);
+            if ok {
+                assert!(result.as_ref() == Ok(&r), "{format:?}");
+            } else {
+                assert_too_many(result.map(|_| ()), &format!("custom {format:?}"));
+            }
+        }
+    }
+}
+
 /// Other lists and maps: a guardrail inspection's categories and metadata, a metrics report's
 /// series, a handshake's version list.
 #[test]

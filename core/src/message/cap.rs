@@ -190,3 +190,40 @@ where
 {
     Option::<CappedMap<K, V>>::deserialize(d).map(|m| m.map(|m| m.0))
 }
+
+/// `audit.custom`, `null` reading as empty: its entries and every element nested in its
+/// values count against one `MAX_COLLECTION_LEN` budget (an agent's answer could otherwise
+/// nest small arrays to amplify its frame like tiny headers do).
+pub(crate) fn custom_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<alloc::string::String, super::AnyValue>, D::Error> {
+    #[derive(Default)]
+    struct Custom(BTreeMap<alloc::string::String, super::AnyValue>);
+    impl<'de> Deserialize<'de> for Custom {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Vis;
+            impl<'de> Visitor<'de> for Vis {
+                type Value = Custom;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a map")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Custom, A::Error> {
+                    check_hint(map.size_hint())?;
+                    let mut budget = MAX_COLLECTION_LEN;
+                    let mut m = BTreeMap::new();
+                    while let Some(k) = map.next_key()? {
+                        if budget == 0 {
+                            return Err(too_many());
+                        }
+                        budget -= 1;
+                        let v = map.next_value_seed(super::any::BudgetedValue(&mut budget))?;
+                        m.insert(k, super::AnyValue(v));
+                    }
+                    Ok(Custom(m))
+                }
+            }
+            d.deserialize_map(Vis)
+        }
+    }
+    or_null::<D, Custom>(d).map(|c| c.0)
+}

@@ -616,8 +616,9 @@ pub struct Audit {
     /// Reason codes.
     #[serde(default, deserialize_with = "cap::vec_or_null")]
     pub reason_codes: Vec<String>,
-    /// Free-form values.
-    #[serde(default, deserialize_with = "cap::map_or_null")]
+    /// Free-form values (entries and every element nested in them count against one
+    /// [`MAX_COLLECTION_LEN`] budget).
+    #[serde(default, deserialize_with = "cap::custom_map")]
     pub custom: BTreeMap<String, AnyValue>,
 }
 
