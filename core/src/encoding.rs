@@ -97,6 +97,19 @@ pub struct DecodeError {
     pub encoding: Encoding,
     /// The decoder's explanation.
     pub detail: String,
+    /// Why, as far as the decoder can tell.
+    pub cause: DecodeCause,
+}
+
+/// The class of a [`DecodeError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeCause {
+    /// Not a valid message of its type (syntax, types, missing keys, nesting, …).
+    Malformed,
+    /// A list or map has more than [`MAX_COLLECTION_LEN`] elements (a header map counts
+    /// every value). A deliberate limit of agentwire; the reference has none.
+    TooManyElements,
 }
 
 impl fmt::Display for DecodeError {
@@ -114,10 +127,24 @@ impl fmt::Display for DecodeError {
 impl core::error::Error for DecodeError {}
 
 fn decode_error(kind: MessageType, encoding: Encoding, detail: impl fmt::Display) -> DecodeError {
+    let detail = detail.to_string();
+    // JSON and MessagePack keep the text of a custom error (JSON appends the position);
+    // postcard drops it, so its refusals are read from the note `too_many` leaves.
+    // (The note is cleared whatever the encoding, so it cannot outlive this error.)
+    let noted = take_refusal();
+    let refused = match encoding {
+        Encoding::Postcard => noted && detail != "not an event",
+        _ => detail.starts_with(TOO_MANY),
+    };
     DecodeError {
         kind,
         encoding,
-        detail: detail.to_string(),
+        detail,
+        cause: if refused {
+            DecodeCause::TooManyElements
+        } else {
+            DecodeCause::Malformed
+        },
     }
 }
 
@@ -237,6 +264,9 @@ pub fn decode_payload<'a, T: Deserialize<'a>>(
         Encoding::Postcard => {
             #[cfg(feature = "postcard")]
             {
+                // A refusal noted by an earlier decode (one whose error was caught and
+                // discarded) must not classify this one.
+                take_refusal();
                 postcard::from_bytes(payload).map_err(|e| decode_error(kind, encoding, e))
             }
             #[cfg(not(feature = "postcard"))]

@@ -9,11 +9,11 @@
 //! differential tests below). Allocation is bounded by the payload as in the serde path: one
 //! `String` per string read, header entries reserved up to 64 on the peer's word.
 
-use crate::message::name_from_str;
 use crate::message::{
     AgentResponse, AnyValue, Audit, DecodedEntries, DecodedEntry, HeaderValues, Headers,
     RequestHeaders, RequestMetadata, ResponseHeaders,
 };
+use crate::message::{MAX_COLLECTION_LEN, count_one, name_from_str};
 use alloc::string::String;
 use bytes::{BufMut, BytesMut};
 use smallvec::SmallVec;
@@ -115,12 +115,25 @@ impl<'a> Reader<'a> {
         u16::try_from(v).ok()
     }
 
+    /// A header map; `None` too past [`MAX_COLLECTION_LEN`] elements (counted as the serde
+    /// decoder counts them), which that decoder then refuses with its typed error.
     fn headers(&mut self) -> Option<Headers> {
         let n = self.map_len()?;
+        if n > MAX_COLLECTION_LEN {
+            return None;
+        }
         let mut entries: DecodedEntries = SmallVec::with_capacity(n.min(64));
+        let mut used = 0usize;
         for _ in 0..n {
             let name = name_from_str(self.str()?);
             let count = self.array_len()?;
+            if count > MAX_COLLECTION_LEN - used {
+                return None;
+            }
+            used += count;
+            if count == 0 && !count_one(&mut used) {
+                return None;
+            }
             let mut values = HeaderValues::new();
             for _ in 0..count {
                 values.push(self.string()?);
@@ -265,7 +278,11 @@ impl Reader<'_> {
                 0..=3 if bit == 2 => self.nil()?,
                 0..=3 => self.empty_array()?,
                 _ => {
-                    for _ in 0..self.map_len()? {
+                    let n = self.map_len()?;
+                    if n > MAX_COLLECTION_LEN {
+                        return None;
+                    }
+                    for _ in 0..n {
                         let key = self.str()?;
                         let value = self.str()?;
                         if audit.custom.contains_key(key) {

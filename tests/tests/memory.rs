@@ -188,6 +188,11 @@ async fn scenario(runtime: TokioRuntime) {
         many.headers.append(format!("x-h-{i:06}"), "v");
     }
     let many_headers = event_frame(&Event::RequestHeaders(many));
+    let mut at_cap = request("cap-headers", "/");
+    for i in 0..MAX_COLLECTION_LEN {
+        at_cap.headers.append(format!("x-h-{i:06}"), "v");
+    }
+    let cap_headers = event_frame(&Event::RequestHeaders(at_cap));
     // As many tiny headers as fit in one frame: the worst ratio of decoded size to wire size
     // (written as JSON text directly: building a `Headers` of a million names one `append`
     // at a time is quadratic).
@@ -213,11 +218,33 @@ async fn scenario(runtime: TokioRuntime) {
     nested.extend(std::iter::repeat_n(b']', depth));
     nested.push(b'}');
     let deeply_nested = raw_frame(0x10, &nested);
+    // An agent's answer filling a frame with tiny header operations / audit tags.
+    let tiny_answer = |head: &str, item: &str, tail: &str| {
+        let mut json = String::from(head);
+        while json.len() < (MAX_FRAME - 64 * 1024) as usize {
+            json.push_str(item);
+            json.push(',');
+        }
+        json.pop();
+        json.push_str(tail);
+        raw_frame(MessageType::AgentResponse as u8, json.as_bytes())
+    };
+    let tiny_ops = tiny_answer(
+        r#"{"version":2,"decision":"allow","request_headers":["#,
+        r#"{"remove":{"name":"a"}}"#,
+        r#"],"audit":{"custom":{"correlation_id":"lie"}}}"#,
+    );
+    let tiny_tags = tiny_answer(
+        r#"{"version":2,"decision":"allow","audit":{"custom":{"correlation_id":"lie"},"tags":["#,
+        r#""t""#,
+        "]}}",
+    );
     let answer_4gib = vec![0xff, 0xff, 0xff, 0xff, 0x20];
     let mut answer_16mib_plus_1 = (DEFAULT_MAX_FRAME_LEN + 1).to_be_bytes().to_vec();
     answer_16mib_plus_1.push(0x20);
     eprintln!(
-        "inputs: 100 000 headers = {} KiB frame, {tiny_count} tiny headers = {} KiB frame, 10 MiB value = {} KiB frame, nesting = {} KiB frame",
+        "inputs: 10 000 headers = {} KiB frame, 100 000 headers = {} KiB frame, {tiny_count} tiny headers = {} KiB frame, 10 MiB value = {} KiB frame, nesting = {} KiB frame",
+        cap_headers.len() / 1024,
         many_headers.len() / 1024,
         tiny_headers.len() / 1024,
         huge_value.len() / 1024,
@@ -252,15 +279,36 @@ async fn scenario(runtime: TokioRuntime) {
     // A legal frame is buffered once, decoded once, and its event lives while its handler
     // runs: a small multiple of the frame limit.
     let legal = 3 * MAX_FRAME;
-    // Tiny headers decode to ~11 times their wire size (a `String` per name, a `Vec` and a
-    // `String` per value, for ~13 bytes of JSON each); nothing caps the header count, so the
-    // bound of one event is a larger multiple of the frame limit. Measured, not fixed here:
-    // see docs/ARCHITECTURE.md, "Hostile peers and faults".
-    let tiny_bound = 16 * MAX_FRAME;
-    measured(&mut cases, "agent: 100 000 headers", legal, async {
-        let answer = expect_answer(&runtime, &path, &many_headers).await;
-        assert_eq!(answer.decision, Decision::Allow);
-    })
+    // Tiny headers would decode to ~11 times their wire size (a `String` per name, a `Vec`
+    // and a `String` per value, for ~13 bytes of JSON each: 183 MiB for the 16 MiB frame
+    // before the cap); `MAX_COLLECTION_LEN` refuses the map at its 10 001st value, so what
+    // remains is the frame itself, buffered once. See docs/ARCHITECTURE.md, "Hostile peers
+    // and faults".
+    let refused_frame = 2 * MAX_FRAME;
+    let is_refusal = |answer: &AgentResponse| {
+        assert!(
+            matches!(answer.decision, Decision::Block { status: 500, .. }),
+            "{answer:?}"
+        );
+    };
+    measured(
+        &mut cases,
+        "agent: 10 000 headers (the cap)",
+        legal,
+        async {
+            let answer = expect_answer(&runtime, &path, &cap_headers).await;
+            assert_eq!(answer.decision, Decision::Allow);
+        },
+    )
+    .await;
+    measured(
+        &mut cases,
+        "agent: 100 000 headers (refused)",
+        refused_frame,
+        async {
+            is_refusal(&expect_answer(&runtime, &path, &many_headers).await);
+        },
+    )
     .await;
     measured(&mut cases, "agent: 10 MiB header value", legal, async {
         let answer = expect_answer(&runtime, &path, &huge_value).await;
@@ -270,17 +318,16 @@ async fn scenario(runtime: TokioRuntime) {
     measured(
         &mut cases,
         "agent: max frame of tiny headers",
-        tiny_bound,
+        refused_frame,
         async {
-            let answer = expect_answer(&runtime, &path, &tiny_headers).await;
-            assert_eq!(answer.decision, Decision::Allow);
+            is_refusal(&expect_answer(&runtime, &path, &tiny_headers).await);
         },
     )
     .await;
     // The same again: what the allocator kept from the first run is reused, not added to
     // (a leak would grow by the same amount each time).
-    measured(&mut cases, "agent: 100 000 headers (again)", legal, async {
-        let answer = expect_answer(&runtime, &path, &many_headers).await;
+    measured(&mut cases, "agent: 10 000 headers (again)", legal, async {
+        let answer = expect_answer(&runtime, &path, &cap_headers).await;
         assert_eq!(answer.decision, Decision::Allow);
     })
     .await;
@@ -350,6 +397,40 @@ async fn scenario(runtime: TokioRuntime) {
                     Step::AwaitFrames(2),
                     Step::Write(bytes.clone()),
                     Step::Write(junk.clone()),
+                ],
+            );
+            let client = AgentClient::connect_unix(
+                &runtime,
+                &hostile_path,
+                client_config(&[Encoding::Json]),
+            )
+            .await
+            .unwrap();
+            let result = client.send_request_headers(request("lie", "/")).await;
+            assert!(
+                matches!(result, Err(ClientError::ConnectionClosed(_))),
+                "{result:?}"
+            );
+        })
+        .await;
+    }
+    // The client side: an agent answers with a frame of tiny collection elements. The
+    // answer is refused at its 10 001st element and the connection closed (an unreadable
+    // answer cannot be matched to its request).
+    for (name, bytes) in [
+        ("client: max frame of tiny header ops", &tiny_ops),
+        ("client: max frame of tiny audit tags", &tiny_tags),
+    ] {
+        measured(&mut cases, name, refused_frame, async {
+            let hostile_path = dir.socket(&format!("hostile-{}", bytes.len() % 1000));
+            let _hostile = HostileAgent::start(
+                &runtime,
+                &hostile_path,
+                vec![
+                    Step::AwaitFrames(1),
+                    Step::Write(handshake_response_frame()),
+                    Step::AwaitFrames(2),
+                    Step::Write(bytes.clone()),
                 ],
             );
             let client = AgentClient::connect_unix(

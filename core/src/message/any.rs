@@ -88,3 +88,93 @@ pub(crate) fn deserialize_value<'de, D: Deserializer<'de>>(
         serde_json::from_str(&text).map_err(serde::de::Error::custom)
     }
 }
+
+/// Decodes a JSON value as [`Value`] does, counting every array element and object entry
+/// against a budget shared by its caller (see [`super::cap::custom_map`]): nesting alone
+/// lets a value hold far more than `MAX_COLLECTION_LEN` elements in small collections.
+pub(crate) struct BudgetedValue<'b>(pub(crate) &'b mut usize);
+
+impl BudgetedValue<'_> {
+    fn spend<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        if *self.0 == 0 {
+            return Err(super::cap::too_many());
+        }
+        *self.0 -= 1;
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BudgetedValue<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(self)
+        } else {
+            // postcard: the value travels as JSON text.
+            let text = <alloc::borrow::Cow<'de, str>>::deserialize(d)?;
+            let mut de = serde_json::Deserializer::from_str(&text);
+            let v = self
+                .deserialize(&mut de)
+                .map_err(serde::de::Error::custom)?;
+            de.end().map_err(serde::de::Error::custom)?;
+            Ok(v)
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BudgetedValue<'_> {
+    type Value = Value;
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(String::from(v)))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
+        if seq.size_hint().is_some_and(|n| n > *self.0) {
+            return Err(super::cap::too_many());
+        }
+        let mut v = alloc::vec::Vec::new();
+        while let Some(x) = seq.next_element_seed(BudgetedValue(&mut *self.0))? {
+            self.spend()?;
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
+        if map.size_hint().is_some_and(|n| n > *self.0) {
+            return Err(super::cap::too_many());
+        }
+        let mut m = serde_json::Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            self.spend()?;
+            let v = map.next_value_seed(BudgetedValue(&mut *self.0))?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
+}

@@ -6,8 +6,8 @@
 //! through a JSON value on decode (and through JSON text on postcard, which cannot describe
 //! them): these messages are rare, so simplicity wins over speed.
 
+use super::AnyValue;
 use super::any::{deserialize_value, serialize_via_json_text};
-use super::{AnyValue, null_as_default};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -98,6 +98,7 @@ pub enum HealthState {
 enum TaggedHealthState {
     Healthy,
     Degraded {
+        #[serde(deserialize_with = "super::cap::vec")]
         disabled_features: Vec<String>,
         timeout_multiplier: f32,
     },
@@ -241,7 +242,7 @@ pub struct CounterMetric {
     #[serde(default)]
     pub help: Option<String>,
     /// Labels.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::map_or_null")]
     pub labels: BTreeMap<String, String>,
     /// Value.
     pub value: u64,
@@ -256,7 +257,7 @@ pub struct GaugeMetric {
     #[serde(default)]
     pub help: Option<String>,
     /// Labels.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::map_or_null")]
     pub labels: BTreeMap<String, String>,
     /// Value.
     pub value: f64,
@@ -309,14 +310,14 @@ pub struct HistogramMetric {
     #[serde(default)]
     pub help: Option<String>,
     /// Labels.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::map_or_null")]
     pub labels: BTreeMap<String, String>,
     /// Sum of observations.
     pub sum: f64,
     /// Number of observations.
     pub count: u64,
     /// Cumulative buckets.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::vec_or_null")]
     pub buckets: Vec<HistogramBucket>,
 }
 
@@ -330,13 +331,13 @@ pub struct MetricsReport {
     /// Reporting interval.
     pub interval_ms: u64,
     /// Counters.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::vec_or_null")]
     pub counters: Vec<CounterMetric>,
     /// Gauges.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::vec_or_null")]
     pub gauges: Vec<GaugeMetric>,
     /// Histograms.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::vec_or_null")]
     pub histograms: Vec<HistogramMetric>,
 }
 
@@ -355,7 +356,7 @@ pub struct Rule {
     #[serde(default)]
     pub description: Option<String>,
     /// Tags.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "super::cap::vec_or_null")]
     pub tags: Vec<String>,
 }
 
@@ -370,8 +371,10 @@ pub enum ConfigUpdateType {
         /// Rule set.
         rule_set: String,
         /// Rules to add or replace.
+        #[serde(deserialize_with = "super::cap::vec")]
         rules: Vec<Rule>,
         /// Rule ids to remove.
+        #[serde(deserialize_with = "super::cap::vec")]
         remove_rules: Vec<String>,
     },
     /// Change a list.
@@ -379,8 +382,10 @@ pub enum ConfigUpdateType {
         /// List id.
         list_id: String,
         /// Entries to add.
+        #[serde(deserialize_with = "super::cap::vec")]
         add: Vec<String>,
         /// Entries to remove.
+        #[serde(deserialize_with = "super::cap::vec")]
         remove: Vec<String>,
     },
     /// The agent must restart.

@@ -8,6 +8,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
+use super::MAX_COLLECTION_LEN;
+
 /// The values of one header name, in arrival order; one value is stored inline.
 pub type HeaderValues = SmallVec<[String; 1]>;
 
@@ -194,11 +196,13 @@ impl<'de> Deserialize<'de> for Headers {
                 f.write_str("a map of header names to arrays of strings")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
-                // The size hint comes from the peer: cap what we reserve on its word.
+                // The size hint comes from the peer: cap what we reserve on its word, and
+                // refuse a declared count over the cap at once.
                 let mut entries: DecodedEntries =
-                    SmallVec::with_capacity(access.size_hint().unwrap_or(0).min(64));
+                    SmallVec::with_capacity(super::cap::check_hint(access.size_hint())?);
+                let mut used = 0usize;
                 while let Some(name) = access.next_key_seed(NameSeed)? {
-                    let values = access.next_value_seed(ValuesSeed)?;
+                    let values = access.next_value_seed(ValuesSeed { used: &mut used })?;
                     entries.push(DecodedEntry { name, values });
                 }
                 Ok(Headers::from_decoded(entries))
@@ -286,26 +290,51 @@ impl Visitor<'_> for NameSeed {
     }
 }
 
-/// Decodes one header's values without trusting the peer's declared count (smallvec's own
-/// serde impl reserves whatever length a MessagePack array header claims).
-struct ValuesSeed;
+/// Counts one more element of a header map against [`MAX_COLLECTION_LEN`].
+#[inline]
+pub(crate) fn count_one(used: &mut usize) -> bool {
+    if *used == MAX_COLLECTION_LEN {
+        return false;
+    }
+    *used += 1;
+    true
+}
 
-impl<'de> serde::de::DeserializeSeed<'de> for ValuesSeed {
+/// Decodes one header's values without trusting the peer's declared count (smallvec's own
+/// serde impl reserves whatever length a MessagePack array header claims), counting every
+/// value — and a name with no value once — against [`MAX_COLLECTION_LEN`] for the whole map.
+struct ValuesSeed<'u> {
+    used: &'u mut usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValuesSeed<'_> {
     type Value = HeaderValues;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<HeaderValues, D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for ValuesSeed {
+impl<'de> Visitor<'de> for ValuesSeed<'_> {
     type Value = HeaderValues;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of header values")
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<HeaderValues, A::Error> {
+        if seq
+            .size_hint()
+            .is_some_and(|n| n > MAX_COLLECTION_LEN - *self.used)
+        {
+            return Err(super::cap::too_many());
+        }
         let mut values = HeaderValues::new();
         while let Some(v) = seq.next_element::<String>()? {
+            if !count_one(self.used) {
+                return Err(super::cap::too_many());
+            }
             values.push(v);
+        }
+        if values.is_empty() && !count_one(self.used) {
+            return Err(super::cap::too_many());
         }
         Ok(values)
     }

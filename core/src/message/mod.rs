@@ -8,6 +8,7 @@
 //! do.
 
 mod any;
+mod cap;
 mod control;
 mod headers;
 
@@ -18,9 +19,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use self::any::{AnyValue, Value};
+pub use self::cap::MAX_COLLECTION_LEN;
+pub(crate) use self::cap::{TOO_MANY, take_refusal};
 pub use self::control::*;
 #[allow(unused_imports)]
-pub(crate) use self::headers::{DecodedEntries, DecodedEntry, name_from_str};
+pub(crate) use self::headers::{DecodedEntries, DecodedEntry, count_one, name_from_str};
 pub use self::headers::{HeaderValues, Headers};
 use crate::frame::MessageType;
 
@@ -77,7 +80,7 @@ impl Encoding {
 /// Decodes a list of encoding names, dropping names it does not know instead of failing (the
 /// reference fails the whole handshake on one unknown name, B11).
 fn lenient_encodings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Encoding>, D::Error> {
-    let names = null_as_default::<D, Vec<String>>(d)?;
+    let names = cap::vec_or_null::<D, String>(d)?;
     Ok(names
         .iter()
         .filter_map(|n| Encoding::from_name(n))
@@ -105,6 +108,7 @@ where
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HandshakeRequest {
     /// Protocol versions the proxy speaks.
+    #[serde(deserialize_with = "cap::vec")]
     pub supported_versions: Vec<u32>,
     /// The proxy's name.
     pub proxy_id: String,
@@ -184,6 +188,7 @@ pub struct Capabilities {
     /// The agent's version.
     pub version: String,
     /// Event types it handles ([`EventType`] numbers).
+    #[serde(deserialize_with = "cap::vec")]
     pub supported_events: Vec<i32>,
     /// Feature flags.
     pub features: Features,
@@ -410,13 +415,13 @@ pub struct GuardrailInspect {
     #[serde(default)]
     pub model: Option<String>,
     /// Categories, e.g. `ssn`.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::vec_or_null")]
     pub categories: Vec<String>,
     /// The proxy's route (omitted when absent in JSON and MessagePack, spec §5.6).
     #[serde(default)]
     pub route_id: Option<String>,
     /// Free-form metadata.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::map_or_null")]
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -523,7 +528,7 @@ pub enum Decision {
         #[serde(default)]
         body: Option<String>,
         /// Response headers.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "cap::opt_map")]
         headers: Option<BTreeMap<String, String>>,
     },
     /// Redirect the client.
@@ -538,6 +543,7 @@ pub enum Decision {
         /// Challenge type, e.g. `basic`.
         challenge_type: String,
         /// Parameters.
+        #[serde(deserialize_with = "cap::map")]
         params: BTreeMap<String, String>,
     },
 }
@@ -599,19 +605,20 @@ pub enum WebSocketDecision {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Audit {
     /// Tags.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::vec_or_null")]
     pub tags: Vec<String>,
     /// Matched rule ids.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::vec_or_null")]
     pub rule_ids: Vec<String>,
     /// Confidence, 0..1.
     #[serde(default)]
     pub confidence: Option<f32>,
     /// Reason codes.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::vec_or_null")]
     pub reason_codes: Vec<String>,
-    /// Free-form values.
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Free-form values (entries and every element nested in them count against one
+    /// [`MAX_COLLECTION_LEN`] budget).
+    #[serde(default, deserialize_with = "cap::custom_map")]
     pub custom: BTreeMap<String, AnyValue>,
 }
 
@@ -626,13 +633,13 @@ pub struct AgentResponse {
     /// The decision.
     pub decision: Decision,
     /// Mutations of the upstream request's headers.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::vec_or_null")]
     pub request_headers: Vec<HeaderOp>,
     /// Mutations of the client response's headers.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::vec_or_null")]
     pub response_headers: Vec<HeaderOp>,
     /// Routing hints for the proxy.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "cap::map_or_null")]
     pub routing_metadata: BTreeMap<String, String>,
     /// Audit data.
     #[serde(default, deserialize_with = "null_as_default")]
