@@ -70,7 +70,22 @@ async fn agentwire_connector_registers_and_serves_every_event_type() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(registered, 2, "{cell}: connections in the reference pool");
-        assert_eq!(stats.registrations(), 2);
+        // The reference pool's first registration of an agent races: `add_reverse_connection`
+        // checks for the agent's entry and inserts a new one without the entry API, so two
+        // simultaneous first registrations each create an entry and the second replaces the
+        // first, dropping its connection. The connector then registers that connection again.
+        // Hence at least two registrations, none failed, and both connections served.
+        let diagnostics = || {
+            format!(
+                "registrations {} failures {} live {} last error {:?}",
+                stats.registrations(),
+                stats.failures(),
+                stats.live(),
+                stats.last_error()
+            )
+        };
+        assert!(stats.registrations() >= 2, "{cell}: {}", diagnostics());
+        assert_eq!(stats.failures(), 0, "{cell}: {}", diagnostics());
         assert_eq!(stats.rejections(), 0);
         let caps = pool
             .agent_capabilities("aw-agent")
