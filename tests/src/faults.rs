@@ -15,28 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Reads one whole frame from a raw connection within [`FAST`].
-async fn read_one_frame<R: Runtime>(
-    runtime: &R,
-    reader: &mut BoxReader,
-    decoder: &mut FrameDecoder,
-) -> agentwire_core::frame::Frame {
-    let read = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            if let Some(frame) = decoder.decode().expect("well-formed frames") {
-                return frame;
-            }
-            let n = reader.read(&mut buf).await.expect("read");
-            assert!(n > 0, "the peer closed the connection");
-            decoder.extend(&buf[..n]);
-        }
-    };
-    agentwire_runtime::timeout(runtime, FAST, read)
-        .await
-        .expect("a frame in time")
-}
-
 /// Reads until nothing arrives for `quiet` (or the peer closes); returns the byte count.
 /// Bounded by `limit` overall.
 async fn drain_quietly<R: Runtime>(
@@ -90,7 +68,7 @@ pub async fn agent_that_stops_reading_bounds_the_client<R: Runtime>(runtime: R) 
     let serve_handshake = async {
         let (mut reader, mut writer) = accept.await.expect("accept");
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-        let frame = read_one_frame(&runtime, &mut reader, &mut decoder).await;
+        let frame = crate::read_frame(&runtime, &mut reader, &mut decoder).await;
         assert_eq!(frame.kind, MessageType::HandshakeRequest);
         writer
             .write_all(&handshake_response_frame())
@@ -331,7 +309,7 @@ pub async fn ping_burst_is_bounded_by_the_agent<R: Runtime>(runtime: R) {
     let (mut reader, mut writer) = runtime.connect_unix(server.path()).await.unwrap();
     writer.write_all(&handshake_request_frame()).await.unwrap();
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-    let frame = read_one_frame(&runtime, &mut reader, &mut decoder).await;
+    let frame = crate::read_frame(&runtime, &mut reader, &mut decoder).await;
     assert_eq!(frame.kind, MessageType::HandshakeResponse);
 
     // 1 000 pings of ~1 KiB per write; stop when a write makes no progress for 500 ms
@@ -423,7 +401,7 @@ async fn raw_proxy<R: Runtime>(
     let (mut reader, mut writer) = runtime.connect_unix(server.path()).await.unwrap();
     writer.write_all(&handshake_request_frame()).await.unwrap();
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
-    let frame = read_one_frame(runtime, &mut reader, &mut decoder).await;
+    let frame = crate::read_frame(runtime, &mut reader, &mut decoder).await;
     assert_eq!(frame.kind, MessageType::HandshakeResponse);
     (reader, writer, decoder)
 }
@@ -505,7 +483,7 @@ pub async fn pings_are_answered_at_the_handler_cap<R: Runtime>(runtime: R) {
     let ping = raw_frame(MessageType::Ping as u8, b"at-the-cap");
     write_fast(&runtime, &mut writer, &ping).await;
     let frame = loop {
-        let frame = read_one_frame(&runtime, &mut reader, &mut decoder).await;
+        let frame = crate::read_frame(&runtime, &mut reader, &mut decoder).await;
         if frame.kind != MessageType::FlowControl {
             break frame;
         }
@@ -521,7 +499,7 @@ pub async fn pings_are_answered_at_the_handler_cap<R: Runtime>(runtime: R) {
     write_fast(&runtime, &mut writer, &cancel_frame("slow-0")).await;
     let mut order = Vec::new();
     while order.len() < 10 {
-        let frame = read_one_frame(&runtime, &mut reader, &mut decoder).await;
+        let frame = crate::read_frame(&runtime, &mut reader, &mut decoder).await;
         order.extend(answered_id(&frame));
     }
     let expected: Vec<String> = (0..10).map(|i| format!("fast-{i}")).collect();
@@ -562,7 +540,7 @@ pub async fn cancels_past_the_handler_cap_all_take_effect<R: Runtime>(runtime: R
     bytes.extend(headers_frames(["after".to_owned()], "/"));
     write_fast(&runtime, &mut writer, &bytes).await;
     loop {
-        let frame = read_one_frame(&runtime, &mut reader, &mut decoder).await;
+        let frame = crate::read_frame(&runtime, &mut reader, &mut decoder).await;
         match answered_id(&frame) {
             Some(id) if id == "after" => break,
             Some(id) => panic!("the cancelled {id} was answered"),

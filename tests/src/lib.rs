@@ -1073,7 +1073,8 @@ pub async fn hostile_agents_get_typed_errors<R: Runtime>(runtime: R) {
     server.stop(&runtime).await;
 }
 
-async fn read_frame<R: Runtime>(
+/// Reads one whole frame from a raw connection within [`FAST`].
+pub(crate) async fn read_frame<R: Runtime>(
     runtime: &R,
     reader: &mut BoxReader,
     decoder: &mut FrameDecoder,

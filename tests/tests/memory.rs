@@ -145,6 +145,26 @@ async fn expect_answer(
     .expect("a decodable answer")
 }
 
+/// A hostile agent on `path` handshakes, then writes `answer` once a request arrives: the
+/// client's request must end with `ConnectionClosed`.
+async fn client_sees_close(runtime: &TokioRuntime, path: &std::path::Path, answer: Vec<Vec<u8>>) {
+    let mut script = vec![
+        Step::AwaitFrames(1),
+        Step::Write(handshake_response_frame()),
+        Step::AwaitFrames(2),
+    ];
+    script.extend(answer.into_iter().map(Step::Write));
+    let _hostile = HostileAgent::start(runtime, path, script);
+    let client = AgentClient::connect_unix(runtime, path, client_config(&[Encoding::Json]))
+        .await
+        .unwrap();
+    let result = client.send_request_headers(request("lie", "/")).await;
+    assert!(
+        matches!(result, Err(ClientError::ConnectionClosed(_))),
+        "{result:?}"
+    );
+}
+
 fn event_frame(event: &Event) -> Vec<u8> {
     let mut out = bytes::BytesMut::new();
     encode_event(event, WireFormat::JSON, DEFAULT_MAX_FRAME_LEN, &mut out).expect("encode");
@@ -386,32 +406,14 @@ async fn scenario(runtime: TokioRuntime) {
         ("client: declared length 4 GiB", &answer_4gib),
         ("client: declared length 16 MiB + 1", &answer_16mib_plus_1),
     ] {
-        measured(&mut cases, name, refused, async {
-            let hostile_path = dir.socket(&format!("hostile-{}", bytes[0]));
-            let _hostile = HostileAgent::start(
-                &runtime,
-                &hostile_path,
-                vec![
-                    Step::AwaitFrames(1),
-                    Step::Write(handshake_response_frame()),
-                    Step::AwaitFrames(2),
-                    Step::Write(bytes.clone()),
-                    Step::Write(junk.clone()),
-                ],
-            );
-            let client = AgentClient::connect_unix(
-                &runtime,
-                &hostile_path,
-                client_config(&[Encoding::Json]),
-            )
-            .await
-            .unwrap();
-            let result = client.send_request_headers(request("lie", "/")).await;
-            assert!(
-                matches!(result, Err(ClientError::ConnectionClosed(_))),
-                "{result:?}"
-            );
-        })
+        let path = dir.socket(&format!("hostile-{}", bytes[0]));
+        let answer = vec![bytes.clone(), junk.clone()];
+        measured(
+            &mut cases,
+            name,
+            refused,
+            client_sees_close(&runtime, &path, answer),
+        )
         .await;
     }
     // The client side: an agent answers with a frame of tiny collection elements. The
@@ -421,31 +423,13 @@ async fn scenario(runtime: TokioRuntime) {
         ("client: max frame of tiny header ops", &tiny_ops),
         ("client: max frame of tiny audit tags", &tiny_tags),
     ] {
-        measured(&mut cases, name, refused_frame, async {
-            let hostile_path = dir.socket(&format!("hostile-{}", bytes.len() % 1000));
-            let _hostile = HostileAgent::start(
-                &runtime,
-                &hostile_path,
-                vec![
-                    Step::AwaitFrames(1),
-                    Step::Write(handshake_response_frame()),
-                    Step::AwaitFrames(2),
-                    Step::Write(bytes.clone()),
-                ],
-            );
-            let client = AgentClient::connect_unix(
-                &runtime,
-                &hostile_path,
-                client_config(&[Encoding::Json]),
-            )
-            .await
-            .unwrap();
-            let result = client.send_request_headers(request("lie", "/")).await;
-            assert!(
-                matches!(result, Err(ClientError::ConnectionClosed(_))),
-                "{result:?}"
-            );
-        })
+        let path = dir.socket(&format!("hostile-{}", bytes.len() % 1000));
+        measured(
+            &mut cases,
+            name,
+            refused_frame,
+            client_sees_close(&runtime, &path, vec![bytes.clone()]),
+        )
         .await;
     }
     server.stop(&runtime).await;
