@@ -103,16 +103,20 @@ impl<'a> Reader<'a> {
         self.string().map(Some)
     }
 
+    /// A non-negative integer in any MessagePack width (rmp-serde writes the smallest).
+    fn unsigned(&mut self) -> Option<u64> {
+        match self.byte()? {
+            b @ 0x00..=0x7f => Some(u64::from(b)),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            _ => None,
+        }
+    }
+
     fn u16(&mut self) -> Option<u16> {
-        let v = match self.byte()? {
-            b @ 0x00..=0x7f => u64::from(b),
-            0xcc => self.be(1)?,
-            0xcd => self.be(2)?,
-            0xce => self.be(4)?,
-            0xcf => self.be(8)?,
-            _ => return None,
-        };
-        u16::try_from(v).ok()
+        u16::try_from(self.unsigned()?).ok()
     }
 
     /// A header map; `None` too past [`MAX_COLLECTION_LEN`] elements (counted as the serde
@@ -246,15 +250,7 @@ impl Reader<'_> {
     }
 
     fn u32(&mut self) -> Option<u32> {
-        let v = match self.byte()? {
-            b @ 0x00..=0x7f => u64::from(b),
-            0xcc => self.be(1)?,
-            0xcd => self.be(2)?,
-            0xce => self.be(4)?,
-            0xcf => self.be(8)?,
-            _ => return None,
-        };
-        u32::try_from(v).ok()
+        u32::try_from(self.unsigned()?).ok()
     }
 
     fn audit(&mut self) -> Option<Audit> {
