@@ -1411,3 +1411,15 @@ pub async fn graceful_shutdown_answers_every_received_request<R: Runtime>(runtim
         assert!(wait_until(&runtime, FAST, || !client.is_connected()).await);
     }
 }
+
+/// A two-worker multi-thread tokio runtime and the agentwire runtime on it, for the tests that
+/// drive real processes or measure memory (the caller keeps the runtime alive and blocks on it).
+pub fn two_worker_tokio() -> (tokio::runtime::Runtime, agentwire_tokio::TokioRuntime) {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let runtime = agentwire_tokio::TokioRuntime::from_handle(tokio.handle().clone());
+    (tokio, runtime)
+}

@@ -53,12 +53,7 @@ async fn load(
 
 #[test]
 fn sigkill_under_load_then_restart_recovers_without_a_pool_restart() {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let runtime = TokioRuntime::from_handle(tokio.handle().clone());
+    let (tokio, runtime) = agentwire_tests::two_worker_tokio();
     let test = async move {
         let dir = TestDir::new();
         let socket = dir.socket("agent");
@@ -148,15 +143,10 @@ fn sigkill_under_load_then_restart_recovers_without_a_pool_restart() {
         );
         // The agent-level breaker may still be open from the failures: it half-opens after
         // its reset timeout, and the first success closes it.
-        let mut first_ok = false;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !first_ok && Instant::now() < deadline {
-            first_ok = one_request(&pool, "probe", 0).await == End::Answered;
-            if !first_ok {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        assert!(first_ok, "no request succeeded after the restart");
+        assert!(
+            answered_again(&pool, "probe", Duration::from_secs(10)).await,
+            "no request succeeded after the restart"
+        );
         let after = Arc::new(Ledger::default());
         let next = Arc::new(AtomicU64::new(0));
         tokio::time::timeout(

@@ -173,12 +173,7 @@ fn event_frame(event: &Event) -> Vec<u8> {
 
 #[test]
 fn resident_memory_stays_bounded_under_hostile_peers() {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let runtime = TokioRuntime::from_handle(tokio.handle().clone());
+    let (tokio, runtime) = agentwire_tests::two_worker_tokio();
     tokio.block_on(async move {
         tokio::time::timeout(Duration::from_secs(120), scenario(runtime))
             .await

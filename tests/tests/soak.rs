@@ -107,12 +107,7 @@ fn soak_mixed_load_with_agent_kills() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let runtime = TokioRuntime::from_handle(tokio.handle().clone());
+    let (tokio, runtime) = agentwire_tests::two_worker_tokio();
     let limit = Duration::from_secs(secs + 120);
     tokio.block_on(async move {
         tokio::time::timeout(limit, soak(runtime, Duration::from_secs(secs)))
@@ -262,15 +257,10 @@ async fn soak(runtime: TokioRuntime, duration: Duration) {
         .await,
         "the pool did not reconnect"
     );
-    let mut ok = false;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok && Instant::now() < deadline {
-        ok = one_request(&pool, "final", 0).await == End::Answered;
-        if !ok {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    assert!(ok, "the pool does not serve after the soak");
+    assert!(
+        answered_again(&pool, "final", Duration::from_secs(10)).await,
+        "the pool does not serve after the soak"
+    );
 
     // Flat memory: the end is within a bound of the level after warm-up. The bound is what
     // the pool may legitimately hold at any time (its connections' buffers, the affinity maps

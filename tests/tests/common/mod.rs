@@ -180,3 +180,20 @@ pub(crate) async fn eventually(limit: Duration, mut condition: impl FnMut() -> b
     }
     condition()
 }
+
+/// Sends requests (50 ms apart) until one is answered or `limit` passes: after a restart the
+/// agent-level breaker may still be open and half-opens only after its reset timeout.
+pub(crate) async fn answered_again(
+    pool: &AgentPool<TokioRuntime>,
+    id: &str,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if one_request(pool, id, 0).await == End::Answered {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
