@@ -48,14 +48,7 @@ async fn drain_quietly<R: Runtime>(
 /// agent on the same runtime keeps being served throughout.
 pub async fn agent_that_stops_reading_bounds_the_client<R: Runtime>(runtime: R) {
     let dir = TestDir::new();
-    let healthy_agent = Arc::new(TestAgent::new(runtime.clone()));
-    let server = start_server(
-        &runtime,
-        &dir.socket("healthy"),
-        server_config(ALL),
-        healthy_agent,
-    );
-    let healthy = connect(&runtime, &server).await;
+    let (server, healthy) = crate::healthy_neighbour(&runtime, &dir).await;
 
     let path = dir.socket("deaf");
     let listener = runtime.bind_unix(&path).expect("bind");

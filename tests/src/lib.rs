@@ -94,6 +94,15 @@ const FAST: Duration = Duration::from_secs(3);
 /// Slack allowed past a deadline before a timeout counts as late.
 const LATE: Duration = Duration::from_millis(1500);
 
+/// A well-behaved agent and a client connected to it: the neighbour that hostile and faulty
+/// peers in the same process must not disturb.
+async fn healthy_neighbour<R: Runtime>(runtime: &R, dir: &TestDir) -> (RunningServer, AgentClient) {
+    let agent = Arc::new(TestAgent::new(runtime.clone()));
+    let server = start_server(runtime, &dir.socket("healthy"), server_config(ALL), agent);
+    let client = connect(runtime, &server).await;
+    (server, client)
+}
+
 async fn connect<R: Runtime>(runtime: &R, server: &RunningServer) -> AgentClient {
     AgentClient::connect_unix(runtime, server.path(), client_config(ALL))
         .await
@@ -790,14 +799,7 @@ fn frame_error(result: &Result<AgentClient, ClientError>) -> Option<FrameError> 
 /// working throughout.
 pub async fn hostile_agents_get_typed_errors<R: Runtime>(runtime: R) {
     let dir = TestDir::new();
-    let healthy_agent = Arc::new(TestAgent::new(runtime.clone()));
-    let server = start_server(
-        &runtime,
-        &dir.socket("healthy"),
-        server_config(ALL),
-        healthy_agent,
-    );
-    let healthy = connect(&runtime, &server).await;
+    let (server, healthy) = healthy_neighbour(&runtime, &dir).await;
     let fast = || {
         let mut config = client_config(&[Encoding::Json]);
         config.connect_timeout = Duration::from_millis(600);
